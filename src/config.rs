@@ -1,0 +1,200 @@
+//! Typed configuration, read from Worker vars and secrets (contract §2).
+//!
+//! Parsing takes a lookup function instead of `worker::Env` so that it runs natively in
+//! unit tests; `router` and `room` pass a closure over the real `Env`. An empty value counts
+//! as unset, because `wrangler` and `.dev.vars` make it easy to leave `NAME=` behind.
+
+use crate::error::{Error, Result};
+
+/// Default for `MAX_MESSAGE_BYTES`: 64 KiB, a frame size every browser and proxy handles.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_536;
+/// Default for `HISTORY_LIMIT`: messages kept per room for replay and history.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 1_000;
+/// Default for `DEDUP_WINDOW_SECS`: one day covers any realistic client retry horizon.
+pub const DEFAULT_DEDUP_WINDOW_SECS: u64 = 86_400;
+/// Default for `MAX_CONNECTIONS_PER_USER` (per room).
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 10;
+/// Default for `RATE_LIMIT_PER_SEC`.
+pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
+/// Default for `RATE_LIMIT_BURST`.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
+
+/// Numeric limits; the room reads these too, so they are a separate, `Copy` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted client frame or HTTP body, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages kept per room for replay and history.
+    pub history_limit: u32,
+    /// How long an event id is remembered, in seconds.
+    pub dedup_window_secs: u64,
+    /// Sockets per user per room.
+    pub max_connections_per_user: u32,
+    /// Publish token-bucket refill rate per connection.
+    pub rate_limit_per_sec: u32,
+    /// Publish token-bucket size per connection.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            dedup_window_secs: DEFAULT_DEDUP_WINDOW_SECS,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            rate_limit_per_sec: DEFAULT_RATE_LIMIT_PER_SEC,
+            rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
+        }
+    }
+}
+
+impl Limits {
+    /// Reads the numeric limits, falling back to the documented defaults when unset.
+    ///
+    /// # Errors
+    ///
+    /// `Misconfigured` naming the variable when a value is not a positive integer.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let d = Limits::default();
+        Ok(Limits {
+            max_message_bytes: number(get, "MAX_MESSAGE_BYTES", d.max_message_bytes)?,
+            history_limit: number(get, "HISTORY_LIMIT", d.history_limit)?,
+            dedup_window_secs: number(get, "DEDUP_WINDOW_SECS", d.dedup_window_secs)?,
+            max_connections_per_user: number(
+                get,
+                "MAX_CONNECTIONS_PER_USER",
+                d.max_connections_per_user,
+            )?,
+            rate_limit_per_sec: number(get, "RATE_LIMIT_PER_SEC", d.rate_limit_per_sec)?,
+            rate_limit_burst: number(get, "RATE_LIMIT_BURST", d.rate_limit_burst)?,
+        })
+    }
+}
+
+/// Everything the Worker needs to authenticate and route a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// HS256 key for user and service tokens.
+    pub jwt_secret: Option<String>,
+    /// JWK Set (JSON text) for RS256 / ES256 / EdDSA tokens; parsed by `auth::Verifier`.
+    pub jwt_public_keys: Option<String>,
+    /// Required `iss`, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` member, when set.
+    pub jwt_audience: Option<String>,
+    /// HMAC key for signed server-API requests.
+    pub api_secret: Option<String>,
+    /// Allowed browser origins; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Numeric limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads and validates the whole configuration.
+    ///
+    /// # Errors
+    ///
+    /// `Misconfigured` naming the variable when a value is malformed, or when neither
+    /// `JWT_SECRET` nor `JWT_PUBLIC_KEYS` is set (no token could ever be verified).
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let text = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let jwt_secret = text("JWT_SECRET");
+        let jwt_public_keys = text("JWT_PUBLIC_KEYS");
+        if jwt_secret.is_none() && jwt_public_keys.is_none() {
+            return Err(Error::Misconfigured(
+                "set JWT_SECRET (HS256) or JWT_PUBLIC_KEYS (a JWK Set): no token can be verified without one".into(),
+            ));
+        }
+        let allowed_origins = text("ALLOWED_ORIGINS").map(|list| {
+            list.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect()
+        });
+        Ok(Config {
+            jwt_secret,
+            jwt_public_keys,
+            jwt_issuer: text("JWT_ISSUER"),
+            jwt_audience: text("JWT_AUDIENCE"),
+            api_secret: text("API_SECRET"),
+            allowed_origins,
+            limits: Limits::from_lookup(get)?,
+        })
+    }
+
+    /// Whether a browser `Origin` may open a socket.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        match &self.allowed_origins {
+            None => true,
+            Some(list) => list.iter().any(|o| o == origin.trim_end_matches('/')),
+        }
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + Default>(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+) -> Result<T> {
+    match get(name).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(raw) => match raw.trim().parse::<T>() {
+            Ok(v) if v > T::default() => Ok(v),
+            _ => Err(Error::Misconfigured(format!(
+                "{name} must be a positive integer, got {raw:?}"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_apply_when_unset() {
+        let c = Config::from_lookup(&lookup(&[("JWT_SECRET", "s")])).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.origin_allowed("https://anything.example"));
+    }
+
+    #[test]
+    fn no_key_at_all_is_misconfigured() {
+        let e = Config::from_lookup(&lookup(&[("JWT_SECRET", " ")])).unwrap_err();
+        assert_eq!(e.code(), "misconfigured");
+        assert!(e.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn malformed_number_names_the_variable() {
+        let e = Config::from_lookup(&lookup(&[("JWT_SECRET", "s"), ("HISTORY_LIMIT", "lots")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("HISTORY_LIMIT"));
+        let e = Limits::from_lookup(&lookup(&[("MAX_MESSAGE_BYTES", "0")])).unwrap_err();
+        assert!(e.to_string().contains("MAX_MESSAGE_BYTES"));
+    }
+
+    #[test]
+    fn origins_are_an_exact_allowlist() {
+        let c = Config::from_lookup(&lookup(&[
+            ("JWT_SECRET", "s"),
+            ("ALLOWED_ORIGINS", "https://a.example, https://b.example/"),
+        ]))
+        .unwrap();
+        assert!(c.origin_allowed("https://a.example"));
+        assert!(c.origin_allowed("https://b.example"));
+        assert!(!c.origin_allowed("https://a.example.evil"));
+        assert!(!c.origin_allowed("http://a.example"));
+    }
+}

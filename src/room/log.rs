@@ -1,0 +1,327 @@
+//! The room's log in SQLite: schema, sequencing and exactly-once dedup.
+//!
+//! This is plain Rust over the small [`Sql`] trait, so the very same statements run in the
+//! Durable Object (over `ctx.storage.sql`) and natively in tests (over rusqlite). The room
+//! is the only writer of its log, and every method here is synchronous: the Durable Object
+//! runtime commits all writes made without an intervening `await` as one atomic batch, so
+//! an append (dedup row + message row + head) can never be half-applied.
+//!
+//! Storage format (schema version 1), documented in `docs/storage.md`:
+//!
+//! * `meta(key PRIMARY KEY, value)`: `schema_version`, `epoch`, `last_seq`.
+//! * `events(id PRIMARY KEY, seq, ts)`: every accepted id with its seq and accept time (ms).
+//! * `messages(seq PRIMARY KEY, frame)`: the serialized `message` frame, for replay.
+
+use crate::error::{Error, Result};
+
+/// Current storage schema version, stored in `meta.schema_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Prune old rows once every this many appends. Pruning on every write would double the
+/// writes per publish; never pruning would let an idle-but-busy room grow without bound.
+/// Running it as part of normal writes means no alarm has to wake an idle room to clean up.
+pub const PRUNE_EVERY: u64 = 64;
+
+/// A value bound to a `?` placeholder.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Text(&'a str),
+}
+
+/// A value read from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// NULL.
+    Null,
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Text(String),
+}
+
+impl Cell {
+    fn int(&self) -> Result<i64> {
+        match self {
+            Cell::Int(i) => Ok(*i),
+            other => Err(Error::Internal(format!("expected an integer, got {other:?}"))),
+        }
+    }
+
+    fn text(self) -> Result<String> {
+        match self {
+            Cell::Text(s) => Ok(s),
+            other => Err(Error::Internal(format!("expected text, got {other:?}"))),
+        }
+    }
+}
+
+/// The SQL engine the log runs on.
+pub trait Sql {
+    /// Runs one statement with positional `?` arguments and returns every row.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` with the engine's message.
+    fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>>;
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
+    "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
+];
+
+/// What the room keeps in memory about its log; reloaded from storage after a wake-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Identifies this log; changes only if storage is lost.
+    pub epoch: String,
+    /// Last assigned sequence number (0 when empty).
+    pub last_seq: u64,
+}
+
+/// The outcome of an append. A duplicate is a result, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// A new id: stored under this seq and to be fanned out.
+    New(u64),
+    /// A repeated id: the original seq; nothing stored, nothing to fan out.
+    Duplicate(u64),
+}
+
+impl Appended {
+    /// The message's seq, new or original.
+    pub fn seq(self) -> u64 {
+        match self {
+            Appended::New(s) | Appended::Duplicate(s) => s,
+        }
+    }
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Message bodies kept for replay.
+    pub history_limit: u32,
+    /// How long an id is remembered, in ms.
+    pub dedup_window_ms: i64,
+}
+
+/// Creates the schema if needed and loads the head, creating the epoch once.
+///
+/// # Errors
+///
+/// `Internal` when storage fails or holds a newer schema than this code understands.
+pub fn open(sql: &dyn Sql, new_epoch: &dyn Fn() -> String) -> Result<Head> {
+    for stmt in SCHEMA {
+        sql.run(stmt, &[])?;
+    }
+    sql.run(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+        &[Arg::Int(SCHEMA_VERSION)],
+    )?;
+    let version = meta(sql, "schema_version")?.int()?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Internal(format!(
+            "room storage has schema version {version}, this build understands up to {SCHEMA_VERSION}"
+        )));
+    }
+    // Version 1 is the first format: there is nothing to migrate yet. A later version adds
+    // `if version < N { ...; UPDATE meta SET value = N ... }` steps here, in order.
+    let epoch = new_epoch();
+    sql.run(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+        &[Arg::Text(&epoch)],
+    )?;
+    sql.run(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0)",
+        &[],
+    )?;
+    let epoch = meta(sql, "epoch")?.text()?;
+    let last_seq = u64::try_from(meta(sql, "last_seq")?.int()?)
+        .map_err(|_| Error::Internal("negative last_seq".into()))?;
+    Ok(Head { epoch, last_seq })
+}
+
+fn meta(sql: &dyn Sql, key: &str) -> Result<Cell> {
+    sql.run("SELECT value FROM meta WHERE key = ?", &[Arg::Text(key)])?
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next())
+        .ok_or_else(|| Error::Internal(format!("meta.{key} is missing")))
+}
+
+/// Looks an id up in the dedup table.
+///
+/// # Errors
+///
+/// `Internal` when storage fails.
+pub fn seen(sql: &dyn Sql, id: &str) -> Result<Option<u64>> {
+    let rows = sql.run("SELECT seq FROM events WHERE id = ?", &[Arg::Text(id)])?;
+    match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
+        None => Ok(None),
+        Some(cell) => Ok(Some(cell.int()? as u64)),
+    }
+}
+
+/// Appends a message unless its id was seen: assigns the next seq, stores the frame built
+/// by `frame(seq)`, remembers the id, and advances the head.
+///
+/// Returns the outcome and, for a new message, the frame text to fan out.
+///
+/// # Errors
+///
+/// `Internal` when storage fails; the head is then left unchanged.
+pub fn append(
+    sql: &dyn Sql,
+    head: &mut Head,
+    retention: Retention,
+    id: &str,
+    now_ms: i64,
+    frame: impl FnOnce(u64) -> String,
+) -> Result<(Appended, Option<String>)> {
+    if let Some(seq) = seen(sql, id)? {
+        return Ok((Appended::Duplicate(seq), None));
+    }
+    let seq = head.last_seq + 1;
+    let text = frame(seq);
+    let seq_arg = Arg::Int(seq as i64);
+    sql.run(
+        "INSERT INTO events (id, seq, ts) VALUES (?, ?, ?)",
+        &[Arg::Text(id), seq_arg, Arg::Int(now_ms)],
+    )?;
+    sql.run(
+        "INSERT INTO messages (seq, frame) VALUES (?, ?)",
+        &[seq_arg, Arg::Text(&text)],
+    )?;
+    sql.run("UPDATE meta SET value = ? WHERE key = 'last_seq'", &[seq_arg])?;
+    head.last_seq = seq;
+    if seq % PRUNE_EVERY == 0 {
+        prune(sql, head, retention, now_ms)?;
+    }
+    Ok((Appended::New(seq), Some(text)))
+}
+
+/// Drops message bodies beyond `history_limit` and ids older than the dedup window.
+///
+/// # Errors
+///
+/// `Internal` when storage fails.
+pub fn prune(sql: &dyn Sql, head: &Head, retention: Retention, now_ms: i64) -> Result<()> {
+    let keep_from = head.last_seq as i64 - i64::from(retention.history_limit);
+    sql.run("DELETE FROM messages WHERE seq <= ?", &[Arg::Int(keep_from)])?;
+    sql.run(
+        "DELETE FROM events WHERE ts < ?",
+        &[Arg::Int(now_ms.saturating_sub(retention.dedup_window_ms))],
+    )?;
+    Ok(())
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+pub(crate) mod tests {
+    use super::*;
+    use rusqlite::{types::ValueRef, Connection};
+
+    /// The log over a real SQLite engine (rusqlite, bundled).
+    pub struct Lite(pub Connection);
+
+    impl Sql for Lite {
+        fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>> {
+            let fail = |e: rusqlite::Error| Error::Internal(e.to_string());
+            let mut stmt = self.0.prepare(query).map_err(fail)?;
+            let params: Vec<rusqlite::types::Value> = args
+                .iter()
+                .map(|a| match a {
+                    Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+                    Arg::Text(s) => rusqlite::types::Value::Text(s.to_string()),
+                })
+                .collect();
+            let n = stmt.column_count();
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params))
+                .map_err(fail)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(fail)? {
+                let mut cells = Vec::with_capacity(n);
+                for i in 0..n {
+                    cells.push(match row.get_ref(i).map_err(fail)? {
+                        ValueRef::Integer(v) => Cell::Int(v),
+                        ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into()),
+                        _ => Cell::Null,
+                    });
+                }
+                out.push(cells);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn lite() -> Lite {
+        Lite(Connection::open_in_memory().unwrap())
+    }
+
+    const KEEP: Retention = Retention {
+        history_limit: 1000,
+        dedup_window_ms: 86_400_000,
+    };
+
+    #[test]
+    fn epoch_is_created_once() {
+        let db = lite();
+        let a = open(&db, &|| "e_first".into()).unwrap();
+        let b = open(&db, &|| "e_second".into()).unwrap();
+        assert_eq!(a.epoch, "e_first");
+        assert_eq!(b, a);
+    }
+
+    #[test]
+    fn gapless_seq_and_dedup() {
+        let db = lite();
+        let mut head = open(&db, &|| "e".into()).unwrap();
+        let (a, fa) = append(&db, &mut head, KEEP, "a", 1, |s| format!("m{s}")).unwrap();
+        let (b, _) = append(&db, &mut head, KEEP, "b", 2, |s| format!("m{s}")).unwrap();
+        let (a2, fa2) = append(&db, &mut head, KEEP, "a", 3, |_| unreachable!()).unwrap();
+        assert_eq!((a, b, a2), (Appended::New(1), Appended::New(2), Appended::Duplicate(1)));
+        assert_eq!(fa.as_deref(), Some("m1"));
+        assert!(fa2.is_none());
+        assert_eq!(head.last_seq, 2);
+        // A fresh open (a wake-up or restart) sees the same head and the same ids.
+        let mut again = open(&db, &|| "other".into()).unwrap();
+        assert_eq!(again, head);
+        let (c, _) = append(&db, &mut again, KEEP, "a", 4, |_| unreachable!()).unwrap();
+        assert_eq!(c, Appended::Duplicate(1));
+        let (d, _) = append(&db, &mut again, KEEP, "c", 5, |s| format!("m{s}")).unwrap();
+        assert_eq!(d, Appended::New(3));
+    }
+
+    #[test]
+    fn pruning_keeps_the_window() {
+        let db = lite();
+        let mut head = open(&db, &|| "e".into()).unwrap();
+        let r = Retention {
+            history_limit: 10,
+            dedup_window_ms: 1_000,
+        };
+        for i in 0..PRUNE_EVERY {
+            append(&db, &mut head, r, &format!("id{i}"), i as i64 * 100, |s| s.to_string()).unwrap();
+        }
+        let kept = db.run("SELECT count(*), min(seq) FROM messages", &[]).unwrap();
+        assert_eq!(kept[0], vec![Cell::Int(10), Cell::Int(PRUNE_EVERY as i64 - 9)]);
+        // Ids accepted within the last second (ts >= 6300 - 1000) are still duplicates.
+        let last = PRUNE_EVERY - 1;
+        assert_eq!(seen(&db, &format!("id{last}")).unwrap(), Some(PRUNE_EVERY));
+        assert_eq!(seen(&db, "id0").unwrap(), None);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let db = lite();
+        open(&db, &|| "e".into()).unwrap();
+        db.run("UPDATE meta SET value = 99 WHERE key = 'schema_version'", &[]).unwrap();
+        assert!(matches!(open(&db, &|| "e".into()), Err(Error::Internal(_))));
+    }
+}

@@ -1,0 +1,479 @@
+//! The Room Durable Object: one per `(tenant, room)`, SQLite-backed, holding its sockets
+//! with the WebSocket Hibernation API.
+//!
+//! This file is thin glue between the runtime and the plain logic in [`log`] (sequencing
+//! and dedup), [`session`] (what survives hibernation) and [`crate::protocol`] (frames).
+//! Memory here is a cache: the log head is reloaded from SQLite after a wake-up, and every
+//! socket's identity lives in its attachment.
+
+pub mod log;
+pub mod rpc;
+pub mod session;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+use worker::{
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
+    WebSocket, WebSocketIncomingMessage, WebSocketPair,
+};
+
+use crate::config::Limits;
+use crate::error::{close, Error, Result};
+use crate::protocol::{
+    self, error_frame, ClientFrame, From, Presence, PresenceOp, PresenceUser, Publish, Resume,
+    ServerFrame,
+};
+use crate::runtime::{json_response, now_ms, random_id};
+use log::{Appended, Arg, Cell, Head, Retention, Sql};
+use rpc::{ConnectRequest, PublishRequest, PublishResult, RoomInfo, UserEntry};
+use session::{Session, CONN_TAG, USER_TAG};
+
+/// Most users listed in `welcome.presence` (contract §5).
+pub const MAX_PRESENCE_USERS: usize = 100;
+
+/// The Durable Object.
+#[durable_object]
+pub struct Room {
+    state: State,
+    limits: Limits,
+    /// The log head, loaded lazily; `None` until the first event after construction.
+    head: RefCell<Option<Head>>,
+}
+
+/// `ctx.storage.sql` as the log's [`Sql`] engine.
+struct DoSql(SqlStorage);
+
+impl Sql for DoSql {
+    fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>> {
+        let bindings: Vec<SqlStorageValue> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Int(i) => SqlStorageValue::Integer(*i),
+                Arg::Text(s) => SqlStorageValue::String((*s).to_string()),
+            })
+            .collect();
+        let cursor = self
+            .0
+            .exec(query, bindings)
+            .map_err(|e| Error::Internal(format!("sql {query:?}: {e}")))?;
+        let mut rows = Vec::new();
+        for row in cursor.raw() {
+            let row = row.map_err(|e| Error::Internal(format!("sql row: {e}")))?;
+            rows.push(
+                row.into_iter()
+                    .map(|v| match v {
+                        SqlStorageValue::Integer(i) => Cell::Int(i),
+                        // JS numbers arrive as floats; the log only stores integers < 2^53.
+                        SqlStorageValue::Float(f) if f.fract() == 0.0 => Cell::Int(f as i64),
+                        SqlStorageValue::String(s) => Cell::Text(s),
+                        _ => Cell::Null,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(rows)
+    }
+}
+
+impl DurableObject for Room {
+    fn new(state: State, env: Env) -> Self {
+        // The Worker rejects requests when the limits are malformed, so a room only ever
+        // sees valid ones; falling back to defaults here just avoids a panic path.
+        let limits = Limits::from_lookup(&|name| env.var(name).ok().map(|v| v.to_string()))
+            .unwrap_or_default();
+        // Answer heartbeats in the runtime without waking the room (contract §5).
+        if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
+            state.set_websocket_auto_response(&pair);
+        }
+        Room {
+            state,
+            limits,
+            head: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        let path = req.path();
+        let result = match path.as_str() {
+            rpc::path::CONNECT => self.accept(&req),
+            rpc::path::PUBLISH => self.http_publish(req).await,
+            rpc::path::INFO => self.info(&req),
+            _ => Err(Error::NotFound(path.clone())),
+        };
+        Ok(match result {
+            Ok(resp) => resp,
+            Err(e) => crate::runtime::error_response(&e),
+        })
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        let text = match message {
+            WebSocketIncomingMessage::String(s) => s,
+            WebSocketIncomingMessage::Binary(_) => {
+                send(&ws, &error_frame(None, &Error::BadFrame(
+                    "binary messages are not accepted; send JSON text frames".into(),
+                )));
+                return Ok(());
+            }
+        };
+        if text.len() > self.limits.max_message_bytes {
+            let e = Error::TooLarge(format!(
+                "message is {} bytes; MAX_MESSAGE_BYTES is {}",
+                text.len(),
+                self.limits.max_message_bytes
+            ));
+            send(&ws, &error_frame(None, &e));
+            return Ok(());
+        }
+        let Some(session) = ws.deserialize_attachment::<Session>().ok().flatten() else {
+            // Only sockets accepted by `connect` exist, and each gets an attachment there.
+            crate::runtime::log_line("room.no_attachment", &[]);
+            let _ = ws.close(Some(close::INTERNAL), Some("lost session"));
+            return Ok(());
+        };
+        let frames = match protocol::parse_message(&text) {
+            Ok(frames) => frames,
+            Err(e) => {
+                send(&ws, &error_frame(None, &e));
+                return Ok(());
+            }
+        };
+        for parsed in frames {
+            match parsed {
+                Err((id, e)) => send(&ws, &error_frame(id.as_deref(), &e)),
+                Ok(ClientFrame::Publish(p)) => {
+                    if let Err(e) = self.ws_publish(&ws, &session, &p) {
+                        send(&ws, &error_frame(Some(&p.id), &e));
+                        if let Some(code) = e.close_code() {
+                            let _ = ws.close(Some(code), Some(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> worker::Result<()> {
+        // Complete the closing handshake; the socket may already be closed, which is fine.
+        let reply = if code == 1005 || code == 1006 { 1000 } else { code as u16 };
+        let _ = ws.close(Some(reply), Some("bye"));
+        self.departed(&ws);
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+        self.departed(&ws);
+        Ok(())
+    }
+}
+
+impl Room {
+    fn sql(&self) -> DoSql {
+        DoSql(self.state.storage().sql())
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            history_limit: self.limits.history_limit,
+            dedup_window_ms: (self.limits.dedup_window_secs as i64).saturating_mul(1000),
+        }
+    }
+
+    /// Runs `f` with the log head, loading (and on first use creating) it from storage.
+    fn with_head<T>(&self, f: impl FnOnce(&mut Head) -> Result<T>) -> Result<T> {
+        let mut slot = self.head.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(log::open(&self.sql(), &|| random_id("e_"))?);
+        }
+        match slot.as_mut() {
+            Some(head) => f(head),
+            None => Err(Error::Internal("log head missing".into())),
+        }
+    }
+
+    fn accept(&self, req: &Request) -> Result<Response> {
+        let header = req
+            .headers()
+            .get(rpc::SESSION_HEADER)
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Internal("connect without session".into()))?;
+        let c: ConnectRequest = serde_json::from_str(&header)
+            .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
+
+        let user_tag = format!("{USER_TAG}{}", c.user);
+        let existing = self.state.get_websockets_with_tag(&user_tag).len();
+        if existing >= self.limits.max_connections_per_user as usize {
+            return Err(Error::TooManyConnections(format!(
+                "user {:?} already has {existing} sockets in this room; MAX_CONNECTIONS_PER_USER is {}",
+                c.user, self.limits.max_connections_per_user
+            )));
+        }
+
+        let head = self.with_head(|h| Ok(h.clone()))?;
+        let pair = WebSocketPair::new().map_err(internal)?;
+        let conn = random_id("c_");
+        let session = Session {
+            conn: conn.clone(),
+            user: c.user.clone(),
+            write: c.write,
+            exp: c.exp,
+            info: c.info.clone(),
+        };
+        let conn_tag = format!("{CONN_TAG}{conn}");
+        self.state
+            .accept_websocket_with_tags(&pair.server, &[user_tag.as_str(), conn_tag.as_str()]);
+        pair.server.serialize_attachment(&session).map_err(internal)?;
+
+        // Presence is per user: announce a join only for the user's first socket.
+        if existing == 0 {
+            let info = session.info_raw();
+            let frame = ServerFrame::Presence {
+                op: PresenceOp::Join,
+                user: &c.user,
+                info: &info,
+            }
+            .to_json();
+            self.fan_out(&frame, Some(&pair.server));
+        }
+
+        let sessions = self.sessions();
+        let users = distinct_users(&sessions);
+        let infos: Vec<Box<RawValue>> = users.iter().map(|(_, s)| s.info_raw()).collect();
+        let welcome = ServerFrame::Welcome {
+            room: &c.room,
+            conn: &conn,
+            user: &c.user,
+            epoch: &head.epoch,
+            seq: head.last_seq,
+            resume: Resume {
+                requested: c.since.is_some() || c.epoch.is_some(),
+                recovered: false,
+                replayed: 0,
+            },
+            presence: Presence {
+                count: users.len(),
+                users: users
+                    .iter()
+                    .zip(infos.iter())
+                    .take(MAX_PRESENCE_USERS)
+                    .map(|((user, _), info)| PresenceUser { user, info })
+                    .collect(),
+            },
+        };
+        send(&pair.server, &welcome.to_json());
+
+        let mut resp = Response::from_websocket(pair.client).map_err(internal)?;
+        if c.subprotocol {
+            resp.headers_mut()
+                .set("Sec-WebSocket-Protocol", crate::router::SUBPROTOCOL)
+                .map_err(internal)?;
+        }
+        Ok(resp)
+    }
+
+    /// Every open socket's session (sockets without one are skipped).
+    fn sessions(&self) -> Vec<Session> {
+        self.state
+            .get_websockets()
+            .iter()
+            .filter_map(|ws| ws.deserialize_attachment::<Session>().ok().flatten())
+            .collect()
+    }
+
+    fn ws_publish(&self, ws: &WebSocket, session: &Session, p: &Publish) -> Result<()> {
+        if !session.write {
+            return Err(Error::Forbidden(
+                "this token has no \"write\" permission on this room".into(),
+            ));
+        }
+        if session.expired(now_ms() / 1000) {
+            return Err(Error::TokenExpired);
+        }
+        let from = From {
+            user: session.user.clone(),
+            conn: session.conn.clone(),
+        };
+        let (outcome, _) = self.publish(&p.id, &p.event, &p.data, Some(from), |frame| {
+            self.fan_out(frame, if p.echo { None } else { Some(ws) })
+        })?;
+        let ack = ServerFrame::Ack {
+            id: &p.id,
+            seq: outcome.seq(),
+            duplicate: matches!(outcome, Appended::Duplicate(_)),
+        };
+        send(ws, &ack.to_json());
+        Ok(())
+    }
+
+    /// Dedup, sequence, store, then fan out with `deliver` (only for a new id).
+    fn publish(
+        &self,
+        id: &str,
+        event: &str,
+        data: &RawValue,
+        from: Option<From>,
+        deliver: impl FnOnce(&str) -> usize,
+    ) -> Result<(Appended, usize)> {
+        let ts = now_ms();
+        let retention = self.retention();
+        let sql = self.sql();
+        let (outcome, frame) = self.with_head(|head| {
+            log::append(&sql, head, retention, id, ts, |seq| {
+                ServerFrame::Message {
+                    seq,
+                    id,
+                    event,
+                    data,
+                    from,
+                    ts,
+                }
+                .to_json()
+            })
+        })?;
+        let delivered = frame.map(|f| deliver(&f)).unwrap_or(0);
+        Ok((outcome, delivered))
+    }
+
+    async fn http_publish(&self, mut req: Request) -> Result<Response> {
+        let body: PublishRequest = req
+            .json()
+            .await
+            .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
+        let exclude = body
+            .exclude_conn
+            .as_ref()
+            .and_then(|c| {
+                self.state
+                    .get_websockets_with_tag(&format!("{CONN_TAG}{c}"))
+                    .into_iter()
+                    .next()
+            });
+        let (outcome, delivered) = self.publish(&body.id, &body.event, &body.data, None, |f| {
+            self.fan_out(f, exclude.as_ref())
+        })?;
+        let epoch = self.with_head(|h| Ok(h.epoch.clone()))?;
+        json_response(
+            200,
+            &PublishResult {
+                room: body.room,
+                epoch,
+                seq: outcome.seq(),
+                duplicate: matches!(outcome, Appended::Duplicate(_)),
+                delivered,
+            },
+        )
+    }
+
+    fn info(&self, req: &Request) -> Result<Response> {
+        let url = req.url().map_err(internal)?;
+        let room = url
+            .query_pairs()
+            .find(|(k, _)| k == "room")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let head = self.with_head(|h| Ok(h.clone()))?;
+        let sessions = self.sessions();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &sessions {
+            *counts.entry(s.user.as_str()).or_default() += 1;
+        }
+        let users = distinct_users(&sessions)
+            .into_iter()
+            .map(|(user, s)| UserEntry {
+                user: user.to_string(),
+                connections: counts.get(user).copied().unwrap_or(0),
+                info: s.info_raw(),
+            })
+            .collect();
+        json_response(
+            200,
+            &RoomInfo {
+                room,
+                epoch: head.epoch,
+                last_seq: head.last_seq,
+                connections: sessions.len(),
+                users,
+            },
+        )
+    }
+
+    /// Sends one serialized frame to every socket but `skip`; returns how many sends
+    /// succeeded. A failing socket (closing, or gone without a close frame) never stops
+    /// the loop: failures are collected and those sockets closed afterwards.
+    fn fan_out(&self, frame: &str, skip: Option<&WebSocket>) -> usize {
+        let mut delivered = 0;
+        let mut dead = Vec::new();
+        for ws in self.state.get_websockets() {
+            if skip == Some(&ws) {
+                continue;
+            }
+            match ws.send_with_str(frame) {
+                Ok(()) => delivered += 1,
+                Err(_) => dead.push(ws),
+            }
+        }
+        for ws in dead {
+            let _ = ws.close(Some(close::INTERNAL), Some("send failed"));
+        }
+        delivered
+    }
+
+    /// Cleans up after a socket that closed or failed: announces `leave` when it was the
+    /// user's last socket.
+    fn departed(&self, ws: &WebSocket) {
+        let Some(session) = ws.deserialize_attachment::<Session>().ok().flatten() else {
+            return;
+        };
+        let tag = format!("{USER_TAG}{}", session.user);
+        let others = self
+            .state
+            .get_websockets_with_tag(&tag)
+            .iter()
+            .filter(|other| *other != ws)
+            .count();
+        if others == 0 {
+            let info = session.info_raw();
+            let frame = ServerFrame::Presence {
+                op: PresenceOp::Leave,
+                user: &session.user,
+                info: &info,
+            }
+            .to_json();
+            self.fan_out(&frame, Some(ws));
+        }
+    }
+}
+
+/// Distinct users in socket order, each with its first session.
+fn distinct_users(sessions: &[Session]) -> Vec<(&str, &Session)> {
+    let mut seen = std::collections::BTreeSet::new();
+    sessions
+        .iter()
+        .filter(|s| seen.insert(s.user.as_str()))
+        .map(|s| (s.user.as_str(), s))
+        .collect()
+}
+
+/// Sends a frame, ignoring failure: the socket is closing and its close handler cleans up.
+fn send(ws: &WebSocket, frame: &str) {
+    let _ = ws.send_with_str(frame);
+}
+
+fn internal(e: worker::Error) -> Error {
+    Error::Internal(e.to_string())
+}

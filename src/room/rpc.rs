@@ -1,0 +1,97 @@
+//! The internal requests the Worker sends to a room, and the room's answers.
+//!
+//! The Worker builds every request to a room from scratch (it never forwards a client's
+//! headers), so the identity in [`ConnectRequest`] is exactly what the Worker verified:
+//! a client cannot forge it by sending a header of the same name.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Header carrying the JSON [`ConnectRequest`] on the internal upgrade request.
+pub const SESSION_HEADER: &str = "X-Roomcast-Session";
+/// Internal URL paths of the room.
+pub mod path {
+    /// WebSocket upgrade.
+    pub const CONNECT: &str = "/connect";
+    /// Server publish.
+    pub const PUBLISH: &str = "/publish";
+    /// Room info.
+    pub const INFO: &str = "/info";
+}
+
+/// A verified socket, as the Worker hands it to the room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// Room name (without tenant).
+    pub room: String,
+    /// The token's `sub`.
+    pub user: String,
+    /// Whether the token grants `write` on this room.
+    pub write: bool,
+    /// The token's `exp`, unix seconds.
+    pub exp: i64,
+    /// The token's `info` (JSON object text).
+    pub info: Option<String>,
+    /// Whether to answer `Sec-WebSocket-Protocol: roomcast.v1`.
+    pub subprotocol: bool,
+    /// Resume: last seq the client saw.
+    pub since: Option<u64>,
+    /// Resume: the epoch that seq belongs to.
+    pub epoch: Option<String>,
+}
+
+/// A publish from the server API.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// Room name (without tenant).
+    pub room: String,
+    /// Event id (already validated).
+    pub id: String,
+    /// Event name (already validated).
+    pub event: String,
+    /// Payload.
+    pub data: Box<RawValue>,
+    /// A connection that should not receive the message.
+    pub exclude_conn: Option<String>,
+}
+
+/// The room's answer to a publish; also the HTTP API's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishResult {
+    /// Room name.
+    pub room: String,
+    /// The room log's epoch.
+    pub epoch: String,
+    /// Assigned (or original) seq.
+    pub seq: u64,
+    /// Whether the id had been seen before.
+    pub duplicate: bool,
+    /// Sockets the message was sent to (0 for a duplicate).
+    pub delivered: usize,
+}
+
+/// One user in `GET /v1/rooms/{room}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// The user's `sub`.
+    pub user: String,
+    /// Open sockets of this user in the room.
+    pub connections: usize,
+    /// The user's `info`.
+    pub info: Box<RawValue>,
+}
+
+/// The room's answer to an info request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// Room name.
+    pub room: String,
+    /// The room log's epoch.
+    pub epoch: String,
+    /// Last assigned seq.
+    pub last_seq: u64,
+    /// Open sockets.
+    pub connections: usize,
+    /// Distinct users.
+    pub users: Vec<UserEntry>,
+}

@@ -1,0 +1,69 @@
+//! What a socket carries across hibernation: its attachment.
+//!
+//! The attachment is the only per-socket state that survives eviction, so it holds
+//! everything a message handler needs without asking anyone: ids and claims, never payloads
+//! (workerd caps an attachment at 2 KiB, and `info` is capped at 1 KiB for that reason).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::LEEWAY_SECS;
+
+/// Tag prefix for a user's sockets: `get_websockets_with_tag("u:alice")`.
+pub const USER_TAG: &str = "u:";
+/// Tag prefix for one connection: `get_websockets_with_tag("c:c_8f3a")`.
+pub const CONN_TAG: &str = "c:";
+
+/// A socket's attachment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    /// Connection id, `c_` + 16 hex digits.
+    pub conn: String,
+    /// The token's `sub`.
+    pub user: String,
+    /// Whether the token grants `write`.
+    pub write: bool,
+    /// Token expiry, unix seconds.
+    pub exp: i64,
+    /// The token's `info` as JSON object text.
+    pub info: Option<String>,
+}
+
+impl Session {
+    /// Whether the token behind this socket has expired, allowing the clock leeway.
+    pub fn expired(&self, now_secs: i64) -> bool {
+        now_secs > self.exp + LEEWAY_SECS
+    }
+
+    /// The `info` as raw JSON, `{}` when the token had none.
+    pub fn info_raw(&self) -> Box<RawValue> {
+        info_raw(self.info.as_deref())
+    }
+}
+
+/// `info` text as raw JSON, `{}` when absent or (defensively) not valid JSON.
+pub fn info_raw(info: Option<&str>) -> Box<RawValue> {
+    info.and_then(|s| RawValue::from_string(s.to_string()).ok())
+        .unwrap_or_else(|| {
+            RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!("{{}} is JSON"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_allows_leeway() {
+        let s = Session {
+            conn: "c_1".into(),
+            user: "u".into(),
+            write: true,
+            exp: 1000,
+            info: None,
+        };
+        assert!(!s.expired(1000 + LEEWAY_SECS));
+        assert!(s.expired(1001 + LEEWAY_SECS));
+        assert_eq!(s.info_raw().get(), "{}");
+    }
+}

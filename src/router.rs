@@ -1,0 +1,492 @@
+//! The Worker: routes, authentication and authorization, all before any Durable Object
+//! is touched, so a bad token never wakes or bills a room (contract §1).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use wasm_bindgen::JsValue;
+use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Stub, Url};
+
+use crate::auth::{self, Identity, Verifier};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::protocol::{check_event, check_room, null_raw, valid_tenant};
+use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult};
+use crate::runtime::{error_response, json_response, now_ms};
+
+/// The subprotocol a browser offers and the server answers (contract §4).
+pub const SUBPROTOCOL: &str = "roomcast.v1";
+/// Prefix of the subprotocol entry that carries the token.
+pub const BEARER_PROTOCOL_PREFIX: &str = "roomcast.bearer.";
+/// The Durable Object binding name in `wrangler.toml`.
+pub const ROOMS_BINDING: &str = "ROOMS";
+/// Most rooms in one `POST /v1/broadcast`. Each room is one Durable Object call from a
+/// single Worker invocation; 100 stays well inside the per-invocation subrequest limit.
+pub const MAX_BROADCAST_ROOMS: usize = 100;
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    Ok(match route(req, &env).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    })
+}
+
+async fn route(req: Request, env: &Env) -> Result<Response> {
+    let url = req.url().map_err(internal)?;
+    let path = url.path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method();
+    match segments.as_slice() {
+        ["healthz"] => {
+            only(&method, &[Method::Get, Method::Head], "GET")?;
+            Ok(Response::ok("ok").map_err(internal)?)
+        }
+        ["v1", "rooms", room, "ws"] => {
+            only(&method, &[Method::Get], "GET")?;
+            connect(&req, &url, env, room).await
+        }
+        ["v1", "rooms", room, "messages"] => {
+            only(&method, &[Method::Post], "POST")?;
+            publish(req, &url, env, room).await
+        }
+        ["v1", "rooms", room] => {
+            only(&method, &[Method::Get], "GET")?;
+            info(req, &url, env, room).await
+        }
+        ["v1", "broadcast"] => {
+            only(&method, &[Method::Post], "POST")?;
+            broadcast(req, &url, env).await
+        }
+        _ => Err(Error::NotFound(path.clone())),
+    }
+}
+
+fn only(method: &Method, allowed: &[Method], allow: &'static str) -> Result<()> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed(allow))
+    }
+}
+
+thread_local! {
+    /// The parsed configuration and verifier, reused across requests in this isolate
+    /// while the raw configuration is unchanged (parsing a JWK Set costs more than a
+    /// request should).
+    static VERIFIER: RefCell<Option<(Config, Rc<Verifier>)>> = const { RefCell::new(None) };
+}
+
+fn load(env: &Env) -> Result<(Config, Rc<Verifier>)> {
+    let config = Config::from_lookup(&|name| env.var(name).ok().map(|v| v.to_string()))?;
+    VERIFIER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if let Some((cached, verifier)) = slot.as_ref() {
+            if *cached == config {
+                return Ok((config, verifier.clone()));
+            }
+        }
+        let verifier = Rc::new(Verifier::new(&config)?);
+        *slot = Some((config.clone(), verifier.clone()));
+        Ok((config, verifier))
+    })
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+fn query(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn now_secs() -> i64 {
+    now_ms() / 1000
+}
+
+/// Where the socket token came from, in contract order; also whether the client offered
+/// the `roomcast.v1` subprotocol (which the answer must then echo).
+pub fn extract_token(
+    protocols: Option<&str>,
+    authorization: Option<&str>,
+    access_token: Option<&str>,
+) -> (Option<String>, bool) {
+    let mut offered = false;
+    let mut from_protocol = None;
+    for p in protocols.unwrap_or("").split(',').map(str::trim) {
+        if p == SUBPROTOCOL {
+            offered = true;
+        } else if let Some(t) = p.strip_prefix(BEARER_PROTOCOL_PREFIX) {
+            from_protocol.get_or_insert_with(|| t.to_string());
+        }
+    }
+    let token = from_protocol
+        .or_else(|| bearer(authorization))
+        .or_else(|| access_token.map(str::to_string))
+        .filter(|t| !t.is_empty());
+    (token, offered)
+}
+
+fn bearer(authorization: Option<&str>) -> Option<String> {
+    let value = authorization?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// The Durable Object key of a room: `tenant/room`. Neither part may contain `/`, so the
+/// mapping is injective and no input can address another tenant's room.
+pub fn room_key(tenant: Option<&str>, room: &str) -> String {
+    format!("{}/{}", tenant.unwrap_or(""), room)
+}
+
+fn room_stub(env: &Env, tenant: Option<&str>, room: &str) -> Result<Stub> {
+    let ns = env.durable_object(ROOMS_BINDING).map_err(internal)?;
+    ns.get_by_name(&room_key(tenant, room)).map_err(internal)
+}
+
+fn internal_request(path: &str, method: Method, headers: Headers, body: Option<String>) -> Result<Request> {
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(body) = body {
+        init.with_body(Some(JsValue::from_str(&body)));
+    }
+    Request::new_with_init(&format!("https://room.internal{path}"), &init).map_err(internal)
+}
+
+/// Confines a token to its tenant: a `tenant` query parameter may only repeat it.
+fn tenant_of(identity: &Identity, url: &Url) -> Result<Option<String>> {
+    match (query(url, "tenant"), &identity.tenant) {
+        (None, t) => Ok(t.clone()),
+        (Some(q), Some(t)) if &q == t => Ok(Some(q)),
+        (Some(q), _) => Err(Error::Forbidden(format!(
+            "this token is not valid for tenant {:?}",
+            q.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+async fn connect(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
+    check_room(room)?;
+    let upgrade = header(req, "Upgrade").unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return Err(Error::UpgradeRequired);
+    }
+    let (config, verifier) = load(env)?;
+    if let Some(origin) = header(req, "Origin") {
+        if !config.origin_allowed(&origin) {
+            return Err(Error::OriginNotAllowed(format!(
+                "origin {:?} is not in ALLOWED_ORIGINS",
+                origin.chars().take(128).collect::<String>()
+            )));
+        }
+    }
+    let (token, offered) = extract_token(
+        header(req, "Sec-WebSocket-Protocol").as_deref(),
+        header(req, "Authorization").as_deref(),
+        query(url, "access_token").as_deref(),
+    );
+    let token = token.ok_or(Error::MissingToken)?;
+    let identity = verifier.verify(&token, now_secs())?;
+    if identity.server {
+        return Err(Error::Forbidden(
+            "service tokens (scope \"server\") cannot open sockets; use a user token with a rooms claim".into(),
+        ));
+    }
+    let tenant = tenant_of(&identity, url)?;
+    let perms = identity.perms_for(room);
+    if !perms.read {
+        return Err(Error::Forbidden(format!(
+            "this token has no \"read\" permission on room {room:?}"
+        )));
+    }
+    let since = match query(url, "since") {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            Error::BadRequest("since must be a non-negative integer (the last seq you saw)".into())
+        })?),
+    };
+    let session = ConnectRequest {
+        room: room.to_string(),
+        user: identity.user,
+        write: perms.write,
+        exp: identity.exp,
+        info: identity.info,
+        subprotocol: offered,
+        since,
+        epoch: query(url, "epoch"),
+    };
+    let headers = Headers::new();
+    headers.set("Upgrade", "websocket").map_err(internal)?;
+    let json = serde_json::to_string(&session).map_err(|e| Error::Internal(e.to_string()))?;
+    headers.set(rpc::SESSION_HEADER, &json).map_err(internal)?;
+    let forward = internal_request(rpc::path::CONNECT, Method::Get, headers, None)?;
+    room_stub(env, tenant.as_deref(), room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
+}
+
+/// Authenticates a server-API request and reads its body. Returns the tenant the request
+/// acts in and the body bytes.
+async fn server_auth(
+    req: &mut Request,
+    url: &Url,
+    config: &Config,
+    verifier: &Verifier,
+) -> Result<(Option<String>, Vec<u8>)> {
+    let max = config.limits.max_message_bytes;
+    let too_large = |n: usize| {
+        Error::TooLarge(format!("body is {n} bytes; MAX_MESSAGE_BYTES is {max}"))
+    };
+    if let Some(len) = header(req, "Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        if len > max {
+            return Err(too_large(len));
+        }
+    }
+    let body = req.bytes().await.map_err(internal)?;
+    if body.len() > max {
+        return Err(too_large(body.len()));
+    }
+    if let Some(token) = bearer(header(req, "Authorization").as_deref()) {
+        let identity = verifier.verify(&token, now_secs()).map_err(|e| match e {
+            Error::TokenExpired => Error::Unauthorized("the service token has expired".into()),
+            Error::InvalidToken(m) => Error::Unauthorized(format!("invalid service token: {m}")),
+            other => other,
+        })?;
+        if !identity.server {
+            return Err(Error::Forbidden(
+                "the server API needs a service token whose scope contains \"server\"".into(),
+            ));
+        }
+        let tenant = tenant_of(&identity, url)?;
+        return Ok((tenant, body));
+    }
+    if let Some(signature) = header(req, "Roomcast-Signature") {
+        let secret = config.api_secret.as_ref().ok_or_else(|| {
+            Error::Misconfigured(
+                "signed requests need API_SECRET, which is not set (or use a service JWT)".into(),
+            )
+        })?;
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let method = req.method().to_string();
+        auth::verify_signature(
+            secret.as_bytes(),
+            &signature,
+            &method,
+            &path_and_query,
+            &body,
+            now_secs(),
+        )?;
+        let tenant = query(url, "tenant");
+        if let Some(t) = &tenant {
+            if !valid_tenant(t) {
+                return Err(Error::BadRequest(
+                    "tenant must be 1-64 characters from A-Z a-z 0-9 _ . -".into(),
+                ));
+            }
+        }
+        return Ok((tenant, body));
+    }
+    Err(Error::Unauthorized(
+        "send `Authorization: Bearer <service JWT>` or `Roomcast-Signature: t=...,v1=...`".into(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    id: Option<String>,
+    event: String,
+    #[serde(default = "null_raw")]
+    data: Box<RawValue>,
+    exclude_conn: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    rooms: Vec<String>,
+    id: Option<String>,
+    event: String,
+    #[serde(default = "null_raw")]
+    data: Box<RawValue>,
+}
+
+/// The event id from the body or the `Idempotency-Key` header; they must agree.
+fn event_id(body_id: Option<String>, req: &Request) -> Result<String> {
+    let key = header(req, "Idempotency-Key");
+    match (body_id, key) {
+        (Some(a), Some(b)) if a != b => Err(Error::BadRequest(
+            "body id and Idempotency-Key differ; send one, or the same value in both".into(),
+        )),
+        (Some(id), _) | (None, Some(id)) => Ok(id),
+        (None, None) => Err(Error::BadRequest(
+            "an event id is required: set \"id\" in the body or the Idempotency-Key header (keep it stable across retries)".into(),
+        )),
+    }
+}
+
+fn bad_body(e: serde_json::Error) -> Error {
+    Error::BadRequest(format!("invalid JSON body: {e}"))
+}
+
+fn validate_event(id: &str, event: &str) -> Result<()> {
+    check_event(id, event).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+async fn publish_to_room(env: &Env, tenant: Option<&str>, request: &PublishRequest) -> Result<Response> {
+    let json = serde_json::to_string(request).map_err(|e| Error::Internal(e.to_string()))?;
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/json").map_err(internal)?;
+    let forward = internal_request(rpc::path::PUBLISH, Method::Post, headers, Some(json))?;
+    room_stub(env, tenant, &request.room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
+}
+
+async fn publish(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
+    check_room(room)?;
+    let (config, verifier) = load(env)?;
+    let (tenant, body) = server_auth(&mut req, url, &config, &verifier).await?;
+    let body: PublishBody = serde_json::from_slice(&body).map_err(bad_body)?;
+    let id = event_id(body.id, &req)?;
+    validate_event(&id, &body.event)?;
+    let request = PublishRequest {
+        room: room.to_string(),
+        id,
+        event: body.event,
+        data: body.data,
+        exclude_conn: body.exclude_conn,
+    };
+    publish_to_room(env, tenant.as_deref(), &request).await
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BroadcastResult {
+    Ok {
+        room: String,
+        seq: u64,
+        duplicate: bool,
+    },
+    Failed {
+        room: String,
+        error: crate::error::ErrorDetail,
+    },
+}
+
+async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
+    let (config, verifier) = load(env)?;
+    let (tenant, body) = server_auth(&mut req, url, &config, &verifier).await?;
+    let body: BroadcastBody = serde_json::from_slice(&body).map_err(bad_body)?;
+    if body.rooms.is_empty() || body.rooms.len() > MAX_BROADCAST_ROOMS {
+        return Err(Error::BadRequest(format!(
+            "rooms must list 1-{MAX_BROADCAST_ROOMS} room names, got {}",
+            body.rooms.len()
+        )));
+    }
+    let id = event_id(body.id, &req)?;
+    validate_event(&id, &body.event)?;
+    let tenant = tenant.as_deref();
+    let calls = body.rooms.iter().map(|room| {
+        let request = PublishRequest {
+            room: room.clone(),
+            id: id.clone(),
+            event: body.event.clone(),
+            data: body.data.clone(),
+            exclude_conn: None,
+        };
+        async move {
+            check_room(&request.room)?;
+            let mut resp = publish_to_room(env, tenant, &request).await?;
+            let text = resp.text().await.map_err(internal)?;
+            if resp.status_code() != 200 {
+                return Err(Error::Internal(format!(
+                    "room answered {}: {text}",
+                    resp.status_code()
+                )));
+            }
+            serde_json::from_str::<PublishResult>(&text).map_err(|e| Error::Internal(e.to_string()))
+        }
+    });
+    let results: Vec<BroadcastResult> = join_all(calls)
+        .await
+        .into_iter()
+        .zip(body.rooms.iter())
+        .map(|(result, room)| match result {
+            Ok(r) => BroadcastResult::Ok {
+                room: r.room,
+                seq: r.seq,
+                duplicate: r.duplicate,
+            },
+            Err(e) => {
+                if let Error::Internal(detail) = &e {
+                    crate::runtime::log_line("broadcast.room_failed", &[("detail", detail)]);
+                }
+                BroadcastResult::Failed {
+                    room: room.clone(),
+                    error: e.body().error,
+                }
+            }
+        })
+        .collect();
+    json_response(200, &serde_json::json!({ "results": results }))
+}
+
+async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
+    check_room(room)?;
+    let (config, verifier) = load(env)?;
+    let (tenant, _) = server_auth(&mut req, url, &config, &verifier).await?;
+    let forward = internal_request(
+        &format!("{}?room={room}", rpc::path::INFO),
+        Method::Get,
+        Headers::new(),
+        None,
+    )?;
+    room_stub(env, tenant.as_deref(), room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
+}
+
+fn internal(e: worker::Error) -> Error {
+    Error::Internal(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_transports_in_contract_order() {
+        let (t, offered) = extract_token(Some("roomcast.v1, roomcast.bearer.AAA"), Some("Bearer BBB"), Some("CCC"));
+        assert_eq!((t.as_deref(), offered), (Some("AAA"), true));
+        let (t, offered) = extract_token(None, Some("bearer BBB"), Some("CCC"));
+        assert_eq!((t.as_deref(), offered), (Some("BBB"), false));
+        let (t, _) = extract_token(Some("roomcast.v1"), Some("Basic xyz"), Some("CCC"));
+        assert_eq!(t.as_deref(), Some("CCC"));
+        let (t, _) = extract_token(None, None, Some(""));
+        assert_eq!(t, None);
+    }
+
+    #[test]
+    fn room_keys_are_injective() {
+        assert_eq!(room_key(None, "a"), "/a");
+        assert_eq!(room_key(Some("t"), "a"), "t/a");
+        assert_ne!(room_key(Some("t"), "a"), room_key(None, "t/a"));
+    }
+}
