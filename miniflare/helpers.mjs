@@ -1,0 +1,205 @@
+// Test harness: the real built Worker (build/) in workerd through Miniflare, real
+// WebSocket clients (ws), real JWT signatures (jose) and real HMAC signatures.
+import { createHmac, randomUUID } from "node:crypto";
+import { Miniflare } from "miniflare";
+import { SignJWT, generateKeyPair, exportJWK } from "jose";
+import WebSocket from "ws";
+
+export const JWT_SECRET = "test-jwt-secret-" + randomUUID();
+export const API_SECRET = "test-api-secret-" + randomUUID();
+
+/** Key pairs for the asymmetric algorithms, with their public halves as a JWK Set. */
+export async function makeKeys() {
+  const keys = {};
+  const jwks = { keys: [] };
+  for (const [alg, kid] of [["RS256", "rsa-1"], ["ES256", "ec-1"], ["EdDSA", "ed-1"]]) {
+    const { publicKey, privateKey } = await generateKeyPair(alg, { extractable: true });
+    keys[alg] = { kid, privateKey, publicKey };
+    jwks.keys.push({ ...(await exportJWK(publicKey)), kid, alg, use: "sig" });
+  }
+  return { keys, jwks };
+}
+
+/** Starts the Worker in workerd. `bindings` override or add vars. */
+export async function start({ bindings = {}, jwks, shared = {} } = {}) {
+  const mf = new Miniflare({
+    ...shared,
+    modules: true,
+    scriptPath: "build/worker/shim.mjs",
+    modulesRules: [
+      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+      { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true },
+    ],
+    compatibilityDate: COMPATIBILITY_DATE,
+    durableObjects: { ROOMS: { className: "Room", useSQLite: true } },
+    bindings: {
+      JWT_SECRET,
+      API_SECRET,
+      ...(jwks ? { JWT_PUBLIC_KEYS: JSON.stringify(jwks) } : {}),
+      ...bindings,
+    },
+  });
+  const url = await mf.ready;
+  return { mf, base: url.href.replace(/\/$/, ""), wsBase: url.href.replace(/^http/, "ws").replace(/\/$/, "") };
+}
+
+// Kept equal to wrangler.toml's; not newer than the workerd that Miniflare 4 ships.
+export const COMPATIBILITY_DATE = "2026-07-01";
+
+export const now = () => Math.floor(Date.now() / 1000);
+
+/** Signs a token. `alg` HS256 uses JWT_SECRET; others use `keys[alg]`. */
+export async function token(claims, { alg = "HS256", keys, kid, secret = JWT_SECRET, header = {} } = {}) {
+  const body = { exp: now() + 600, iat: now(), ...claims };
+  for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
+  const jwt = new SignJWT(body);
+  if (alg === "HS256") {
+    return jwt.setProtectedHeader({ alg, ...header }).sign(new TextEncoder().encode(secret));
+  }
+  const k = keys[alg];
+  return jwt.setProtectedHeader({ alg, kid: kid ?? k.kid, ...header }).sign(k.privateKey);
+}
+
+/** A user token with read+write on every room. */
+export const userToken = (sub, extra = {}, opts = {}) =>
+  token({ sub, rooms: { "*": ["read", "write"] }, ...extra }, opts);
+
+/** A service token for the server API. */
+export const serviceToken = (extra = {}, opts = {}) => token({ sub: "backend", scope: "server", ...extra }, opts);
+
+/** `Roomcast-Signature` for a request. */
+export function signature(method, pathAndQuery, body, { secret = API_SECRET, t = now() } = {}) {
+  const mac = createHmac("sha256", secret).update(`${t}\n${method}\n${pathAndQuery}\n${body}`).digest("hex");
+  return `t=${t},v1=${mac}`;
+}
+
+/** A signed server-API request. */
+export async function signedFetch(base, method, pathAndQuery, body = "", opts = {}) {
+  const headers = { "Roomcast-Signature": signature(method, pathAndQuery, body, opts), ...(opts.headers ?? {}) };
+  if (body) headers["Content-Type"] = "application/json";
+  return fetch(base + pathAndQuery, { method, headers, body: method === "GET" ? undefined : body });
+}
+
+/**
+ * A WebSocket client that records every frame (arrays are flattened) and lets a test
+ * wait for a specific one — never for a fixed time.
+ */
+export class Client {
+  constructor(ws) {
+    this.ws = ws;
+    this.frames = [];
+    this.waiters = [];
+    this.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+    ws.on("message", (data, isBinary) => {
+      const text = data.toString();
+      let parsed;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = { raw: text };
+      }
+      for (const f of Array.isArray(parsed) ? parsed : [parsed]) {
+        this.frames.push(f);
+        this.waiters = this.waiters.filter((w) => !w(f));
+      }
+    });
+  }
+
+  /** Resolves with the first recorded or future frame matching `pred`. */
+  next(pred, what = "frame", timeoutMs = 10000) {
+    const found = this.frames.find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.frames.slice(-5))}`)), timeoutMs);
+      this.waiters.push((f) => {
+        if (!pred(f)) return false;
+        clearTimeout(timer);
+        resolve(f);
+        return true;
+      });
+    });
+  }
+
+  /** Resolves once `n` frames match `pred`, with all of them. */
+  async nextN(pred, n, what = "frames", timeoutMs = 20000) {
+    const deadline = Date.now() + timeoutMs;
+    while (this.frames.filter(pred).length < n) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${n} ${what}; have ${this.frames.filter(pred).length}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return this.frames.filter(pred);
+  }
+
+  messages() {
+    return this.frames.filter((f) => f.type === "message");
+  }
+
+  send(frame) {
+    this.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+  }
+
+  publish(id, data = {}, extra = {}) {
+    this.send({ type: "publish", id, event: "chat", data, ...extra });
+    return this.next((f) => (f.type === "ack" || f.type === "error") && f.id === id, `ack for ${id}`);
+  }
+
+  close() {
+    this.ws.close();
+    return this.closed;
+  }
+}
+
+/**
+ * Opens a socket. `transport` is "protocol" (browser subprotocol), "header" or "query".
+ * Resolves with a Client after `welcome`, or rejects with the HTTP status and body.
+ */
+export function connect(wsBase, room, tok, { transport = "header", query = "", headers = {}, protocols } = {}) {
+  let url = `${wsBase}/v1/rooms/${room}/ws`;
+  const params = new URLSearchParams(query);
+  const opts = { headers: { ...headers } };
+  let protos = protocols;
+  if (tok && transport === "header") opts.headers.Authorization = `Bearer ${tok}`;
+  if (tok && transport === "query") params.set("access_token", tok);
+  if (tok && transport === "protocol") protos = ["roomcast.v1", `roomcast.bearer.${tok}`];
+  const qs = params.toString();
+  if (qs) url += `?${qs}`;
+  return new Promise((resolve, reject) => {
+    const ws = protos ? new WebSocket(url, protos, opts) : new WebSocket(url, opts);
+    const client = new Client(ws);
+    ws.on("unexpected-response", (_req, res) => {
+      let body = "";
+      res.on("data", (c) => (body += c));
+      res.on("end", () => {
+        const err = new Error(`HTTP ${res.statusCode}: ${body}`);
+        err.status = res.statusCode;
+        err.headers = res.headers;
+        try {
+          err.body = JSON.parse(body);
+        } catch {
+          err.body = body;
+        }
+        reject(err);
+      });
+    });
+    ws.on("error", (e) => reject(e));
+    client.next((f) => f.type === "welcome", "welcome").then((welcome) => {
+      client.welcome = welcome;
+      client.protocol = ws.protocol;
+      resolve(client);
+    }, reject);
+  });
+}
+
+/** Expects `connect` to fail with `status` and error `code`. */
+export async function rejected(promise) {
+  try {
+    const c = await promise;
+    c.close();
+  } catch (e) {
+    if (e.status) return e;
+    throw e;
+  }
+  throw new Error("expected the upgrade to be rejected, but it was accepted");
+}
+
+export const uid = (p = "r") => `${p}-${randomUUID().slice(0, 8)}`;
