@@ -130,7 +130,9 @@ struct Custom {
     aud: Option<Audience>,
     tenant: Option<String>,
     rooms: Option<BTreeMap<String, Vec<String>>>,
-    info: Option<Box<RawValue>>,
+    // A `Value`, not a `RawValue`: jwt-compact flattens these claims, and serde's
+    // flatten buffers content, which a `RawValue` cannot be read from.
+    info: Option<serde_json::Value>,
     scope: Option<String>,
 }
 
@@ -288,17 +290,17 @@ impl Verifier {
         }
         let info = match &c.info {
             None => None,
-            Some(raw) => {
-                let text = raw.get();
-                if !text.starts_with('{') {
+            Some(value) => {
+                if !value.is_object() {
                     return Err(invalid("info must be a JSON object"));
                 }
+                let text = value.to_string();
                 if text.len() > MAX_INFO_BYTES {
                     return Err(invalid(format!(
                         "info is larger than {MAX_INFO_BYTES} bytes"
                     )));
                 }
-                Some(text.to_string())
+                Some(text)
             }
         };
         let mut rooms = Vec::new();

@@ -350,9 +350,10 @@ impl Room {
     }
 
     async fn http_publish(&self, mut req: Request) -> Result<Response> {
-        let body: PublishRequest = req
-            .json()
-            .await
+        // Read text and parse with serde_json: `Request::json` goes through a JS value,
+        // which cannot carry the raw `data` payload.
+        let text = req.text().await.map_err(internal)?;
+        let body: PublishRequest = serde_json::from_str(&text)
             .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
         let exclude = body
             .exclude_conn
