@@ -44,7 +44,7 @@ export async function start({ bindings = {}, jwks, shared = {} } = {}) {
 }
 
 // Kept equal to wrangler.toml's; not newer than the workerd that Miniflare 4 ships.
-export const COMPATIBILITY_DATE = "2026-07-01";
+export const COMPATIBILITY_DATE = "2026-04-01";
 
 export const now = () => Math.floor(Date.now() / 1000);
 

@@ -153,7 +153,10 @@ impl Verifier {
             Some(text) => parse_jwks(text)?,
         };
         Ok(Verifier {
-            hs256: config.jwt_secret.as_ref().map(|s| Hs256Key::new(s.as_bytes())),
+            hs256: config
+                .jwt_secret
+                .as_ref()
+                .map(|s| Hs256Key::new(s.as_bytes())),
             keys,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
@@ -174,8 +177,8 @@ impl Verifier {
                 "token is larger than {MAX_TOKEN_BYTES} bytes"
             )));
         }
-        let untrusted = UntrustedToken::new(token)
-            .map_err(|e| invalid(format!("malformed token: {e}")))?;
+        let untrusted =
+            UntrustedToken::new(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
         let alg = untrusted.algorithm();
         let kid = untrusted.header().key_id.as_deref();
         let verified: Token<Custom> = match alg {
@@ -369,16 +372,18 @@ fn parse_jwks(text: &str) -> Result<Vec<KeyEntry>> {
         .map_err(|e| bad(format!("must be a JWK Set {{\"keys\":[...]}}: {e}")))?;
     let mut out = Vec::with_capacity(set.keys.len());
     for (i, raw) in set.keys.iter().enumerate() {
-        let meta: JwkMeta = serde_json::from_str(raw.get())
-            .map_err(|e| bad(format!("key #{i}: {e}")))?;
-        let jwk: JsonWebKey = serde_json::from_str(raw.get())
-            .map_err(|e| bad(format!("key #{i}: {e}")))?;
+        let meta: JwkMeta =
+            serde_json::from_str(raw.get()).map_err(|e| bad(format!("key #{i}: {e}")))?;
+        let jwk: JsonWebKey =
+            serde_json::from_str(raw.get()).map_err(|e| bad(format!("key #{i}: {e}")))?;
         let key = match &jwk {
             JsonWebKey::Rsa { .. } => {
                 let k = RsaPublicKey::try_from(&jwk).map_err(|e| bad(format!("key #{i}: {e}")))?;
-                PublicKey::Rs256(StrongKey::try_from(k).map_err(|_| {
-                    bad(format!("key #{i}: RSA keys must have at least 2048 bits"))
-                })?)
+                PublicKey::Rs256(
+                    StrongKey::try_from(k).map_err(|_| {
+                        bad(format!("key #{i}: RSA keys must have at least 2048 bits"))
+                    })?,
+                )
             }
             JsonWebKey::EllipticCurve { .. } => PublicKey::Es256(
                 Es256Key::try_from(&jwk).map_err(|e| bad(format!("key #{i}: {e}")))?,
@@ -463,7 +468,13 @@ pub fn verify_signature(
 /// # Errors
 ///
 /// `Internal` only if the HMAC cannot be keyed (it accepts any key length).
-pub fn sign(secret: &[u8], t: i64, method: &str, path_and_query: &str, body: &[u8]) -> Result<String> {
+pub fn sign(
+    secret: &[u8],
+    t: i64,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<String> {
     let mac = signing_mac(secret, t, method, path_and_query, body)?;
     Ok(hex::encode(mac.finalize().into_bytes()))
 }
@@ -513,9 +524,19 @@ mod tests {
         assert!(verify_signature(b"other", &h, "POST", "/v1/x?a=1", b"{}", 1000).is_err());
         let rotated = format!("t=1000,v1={},v1={sig}", "00".repeat(32));
         assert!(verify_signature(b"k", &rotated, "POST", "/v1/x?a=1", b"{}", 1000).is_ok());
-        for bad in ["", "t=1000", "v1=00", "t=x,v1=00", "t=1000,v1=zz", "garbage"] {
+        for bad in [
+            "",
+            "t=1000",
+            "v1=00",
+            "t=x,v1=00",
+            "t=1000,v1=zz",
+            "garbage",
+        ] {
             assert!(
-                matches!(verify_signature(b"k", bad, "POST", "/", b"", 1000), Err(Error::Unauthorized(_))),
+                matches!(
+                    verify_signature(b"k", bad, "POST", "/", b"", 1000),
+                    Err(Error::Unauthorized(_))
+                ),
                 "{bad}"
             );
         }

@@ -69,7 +69,8 @@ pub fn check_room(room: &str) -> Result<()> {
 pub fn check_event(id: &str, event: &str) -> Result<()> {
     if !valid_id(id) {
         return Err(Error::InvalidId(
-            "id must be 1-128 characters from A-Z a-z 0-9 _ . : - and stay the same across retries".into(),
+            "id must be 1-128 characters from A-Z a-z 0-9 _ . : - and stay the same across retries"
+                .into(),
         ));
     }
     if event.is_empty() || event.chars().count() > MAX_EVENT_LEN {
@@ -133,7 +134,10 @@ pub fn parse_message(text: &str) -> Result<Vec<Parsed>> {
                 items.len()
             )));
         }
-        Ok(items.into_iter().map(|raw| parse_frame(raw.get())).collect())
+        Ok(items
+            .into_iter()
+            .map(|raw| parse_frame(raw.get()))
+            .collect())
     } else {
         Ok(vec![parse_frame(text)])
     }
@@ -148,10 +152,20 @@ struct Peek<'a> {
 }
 
 fn parse_frame(text: &str) -> Parsed {
+    // A frame is a JSON object. serde's derived structs also accept a JSON array, field by
+    // field, so without this check `[["publish","id","event"]]` would parse as a publish.
+    if !text.trim_start().starts_with('{') {
+        return Err((
+            None,
+            Error::BadFrame("a frame must be a JSON object with a \"type\"".into()),
+        ));
+    }
     let peek: Peek = serde_json::from_str(text).map_err(|e| {
         (
             None,
-            Error::BadFrame(format!("a frame must be a JSON object with a \"type\": {e}")),
+            Error::BadFrame(format!(
+                "a frame must be a JSON object with a \"type\": {e}"
+            )),
         )
     })?;
     let id = peek
@@ -163,8 +177,12 @@ fn parse_frame(text: &str) -> Parsed {
     match peek.kind.as_deref() {
         None => Err((id, Error::BadFrame("frame has no string \"type\"".into()))),
         Some("publish") => {
-            let p: Publish = serde_json::from_str(text)
-                .map_err(|e| (id.clone(), Error::BadFrame(format!("bad publish frame: {e}"))))?;
+            let p: Publish = serde_json::from_str(text).map_err(|e| {
+                (
+                    id.clone(),
+                    Error::BadFrame(format!("bad publish frame: {e}")),
+                )
+            })?;
             check_event(&p.id, &p.event).map_err(|e| (id, e))?;
             Ok(ClientFrame::Publish(p))
         }
@@ -336,8 +354,8 @@ mod tests {
 
     #[test]
     fn parses_single_and_batch() {
-        let one = parse_message(r#"{"type":"publish","id":"a1","event":"chat","data":{"x":1}}"#)
-            .unwrap();
+        let one =
+            parse_message(r#"{"type":"publish","id":"a1","event":"chat","data":{"x":1}}"#).unwrap();
         assert_eq!(one.len(), 1);
         let Ok(ClientFrame::Publish(p)) = &one[0] else {
             panic!("expected publish")
@@ -351,7 +369,9 @@ mod tests {
         .unwrap();
         assert_eq!(many.len(), 3);
         assert!(matches!(&many[0], Ok(ClientFrame::Publish(p)) if p.data.get() == "null"));
-        assert!(matches!(&many[1], Err((Some(id), Error::UnknownType(t))) if id == "b" && t == "nope"));
+        assert!(
+            matches!(&many[1], Err((Some(id), Error::UnknownType(t))) if id == "b" && t == "nope")
+        );
         assert!(matches!(&many[2], Err((None, Error::InvalidId(_)))));
     }
 

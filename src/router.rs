@@ -156,7 +156,12 @@ fn room_stub(env: &Env, tenant: Option<&str>, room: &str) -> Result<Stub> {
     ns.get_by_name(&room_key(tenant, room)).map_err(internal)
 }
 
-fn internal_request(path: &str, method: Method, headers: Headers, body: Option<String>) -> Result<Request> {
+fn internal_request(
+    path: &str,
+    method: Method,
+    headers: Headers,
+    body: Option<String>,
+) -> Result<Request> {
     let mut init = RequestInit::new();
     init.with_method(method).with_headers(headers);
     if let Some(body) = body {
@@ -247,9 +252,8 @@ async fn server_auth(
     verifier: &Verifier,
 ) -> Result<(Option<String>, Vec<u8>)> {
     let max = config.limits.max_message_bytes;
-    let too_large = |n: usize| {
-        Error::TooLarge(format!("body is {n} bytes; MAX_MESSAGE_BYTES is {max}"))
-    };
+    let too_large =
+        |n: usize| Error::TooLarge(format!("body is {n} bytes; MAX_MESSAGE_BYTES is {max}"));
     if let Some(len) = header(req, "Content-Length").and_then(|v| v.parse::<usize>().ok()) {
         if len > max {
             return Err(too_large(len));
@@ -347,10 +351,16 @@ fn validate_event(id: &str, event: &str) -> Result<()> {
     check_event(id, event).map_err(|e| Error::BadRequest(e.to_string()))
 }
 
-async fn publish_to_room(env: &Env, tenant: Option<&str>, request: &PublishRequest) -> Result<Response> {
+async fn publish_to_room(
+    env: &Env,
+    tenant: Option<&str>,
+    request: &PublishRequest,
+) -> Result<Response> {
     let json = serde_json::to_string(request).map_err(|e| Error::Internal(e.to_string()))?;
     let headers = Headers::new();
-    headers.set("Content-Type", "application/json").map_err(internal)?;
+    headers
+        .set("Content-Type", "application/json")
+        .map_err(internal)?;
     let forward = internal_request(rpc::path::PUBLISH, Method::Post, headers, Some(json))?;
     room_stub(env, tenant, &request.room)?
         .fetch_with_request(forward)
@@ -387,6 +397,11 @@ enum BroadcastResult {
         room: String,
         error: crate::error::ErrorDetail,
     },
+}
+
+#[derive(Serialize)]
+struct BroadcastResponse {
+    results: Vec<BroadcastResult>,
 }
 
 async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
@@ -444,7 +459,7 @@ async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
             }
         })
         .collect();
-    json_response(200, &serde_json::json!({ "results": results }))
+    json_response(200, &BroadcastResponse { results })
 }
 
 async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
@@ -473,7 +488,11 @@ mod tests {
 
     #[test]
     fn token_transports_in_contract_order() {
-        let (t, offered) = extract_token(Some("roomcast.v1, roomcast.bearer.AAA"), Some("Bearer BBB"), Some("CCC"));
+        let (t, offered) = extract_token(
+            Some("roomcast.v1, roomcast.bearer.AAA"),
+            Some("Bearer BBB"),
+            Some("CCC"),
+        );
         assert_eq!((t.as_deref(), offered), (Some("AAA"), true));
         let (t, offered) = extract_token(None, Some("bearer BBB"), Some("CCC"));
         assert_eq!((t.as_deref(), offered), (Some("BBB"), false));

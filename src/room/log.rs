@@ -46,7 +46,9 @@ impl Cell {
     fn int(&self) -> Result<i64> {
         match self {
             Cell::Int(i) => Ok(*i),
-            other => Err(Error::Internal(format!("expected an integer, got {other:?}"))),
+            other => Err(Error::Internal(format!(
+                "expected an integer, got {other:?}"
+            ))),
         }
     }
 
@@ -198,9 +200,12 @@ pub fn append(
         "INSERT INTO messages (seq, frame) VALUES (?, ?)",
         &[seq_arg, Arg::Text(&text)],
     )?;
-    sql.run("UPDATE meta SET value = ? WHERE key = 'last_seq'", &[seq_arg])?;
+    sql.run(
+        "UPDATE meta SET value = ? WHERE key = 'last_seq'",
+        &[seq_arg],
+    )?;
     head.last_seq = seq;
-    if seq % PRUNE_EVERY == 0 {
+    if seq.is_multiple_of(PRUNE_EVERY) {
         prune(sql, head, retention, now_ms)?;
     }
     Ok((Appended::New(seq), Some(text)))
@@ -213,7 +218,10 @@ pub fn append(
 /// `Internal` when storage fails.
 pub fn prune(sql: &dyn Sql, head: &Head, retention: Retention, now_ms: i64) -> Result<()> {
     let keep_from = head.last_seq as i64 - i64::from(retention.history_limit);
-    sql.run("DELETE FROM messages WHERE seq <= ?", &[Arg::Int(keep_from)])?;
+    sql.run(
+        "DELETE FROM messages WHERE seq <= ?",
+        &[Arg::Int(keep_from)],
+    )?;
     sql.run(
         "DELETE FROM events WHERE ts < ?",
         &[Arg::Int(now_ms.saturating_sub(retention.dedup_window_ms))],
@@ -285,7 +293,10 @@ pub(crate) mod tests {
         let (a, fa) = append(&db, &mut head, KEEP, "a", 1, |s| format!("m{s}")).unwrap();
         let (b, _) = append(&db, &mut head, KEEP, "b", 2, |s| format!("m{s}")).unwrap();
         let (a2, fa2) = append(&db, &mut head, KEEP, "a", 3, |_| unreachable!()).unwrap();
-        assert_eq!((a, b, a2), (Appended::New(1), Appended::New(2), Appended::Duplicate(1)));
+        assert_eq!(
+            (a, b, a2),
+            (Appended::New(1), Appended::New(2), Appended::Duplicate(1))
+        );
         assert_eq!(fa.as_deref(), Some("m1"));
         assert!(fa2.is_none());
         assert_eq!(head.last_seq, 2);
@@ -307,10 +318,18 @@ pub(crate) mod tests {
             dedup_window_ms: 1_000,
         };
         for i in 0..PRUNE_EVERY {
-            append(&db, &mut head, r, &format!("id{i}"), i as i64 * 100, |s| s.to_string()).unwrap();
+            append(&db, &mut head, r, &format!("id{i}"), i as i64 * 100, |s| {
+                s.to_string()
+            })
+            .unwrap();
         }
-        let kept = db.run("SELECT count(*), min(seq) FROM messages", &[]).unwrap();
-        assert_eq!(kept[0], vec![Cell::Int(10), Cell::Int(PRUNE_EVERY as i64 - 9)]);
+        let kept = db
+            .run("SELECT count(*), min(seq) FROM messages", &[])
+            .unwrap();
+        assert_eq!(
+            kept[0],
+            vec![Cell::Int(10), Cell::Int(PRUNE_EVERY as i64 - 9)]
+        );
         // Ids accepted within the last second (ts >= 6300 - 1000) are still duplicates.
         let last = PRUNE_EVERY - 1;
         assert_eq!(seen(&db, &format!("id{last}")).unwrap(), Some(PRUNE_EVERY));
@@ -321,7 +340,11 @@ pub(crate) mod tests {
     fn newer_schema_is_refused() {
         let db = lite();
         open(&db, &|| "e".into()).unwrap();
-        db.run("UPDATE meta SET value = 99 WHERE key = 'schema_version'", &[]).unwrap();
+        db.run(
+            "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap();
         assert!(matches!(open(&db, &|| "e".into()), Err(Error::Internal(_))));
     }
 }

@@ -116,9 +116,15 @@ impl DurableObject for Room {
         let text = match message {
             WebSocketIncomingMessage::String(s) => s,
             WebSocketIncomingMessage::Binary(_) => {
-                send(&ws, &error_frame(None, &Error::BadFrame(
-                    "binary messages are not accepted; send JSON text frames".into(),
-                )));
+                send(
+                    &ws,
+                    &error_frame(
+                        None,
+                        &Error::BadFrame(
+                            "binary messages are not accepted; send JSON text frames".into(),
+                        ),
+                    ),
+                );
                 return Ok(());
             }
         };
@@ -169,7 +175,11 @@ impl DurableObject for Room {
         _was_clean: bool,
     ) -> worker::Result<()> {
         // Complete the closing handshake; the socket may already be closed, which is fine.
-        let reply = if code == 1005 || code == 1006 { 1000 } else { code as u16 };
+        let reply = if code == 1005 || code == 1006 {
+            1000
+        } else {
+            code as u16
+        };
         let _ = ws.close(Some(reply), Some("bye"));
         self.departed(&ws);
         Ok(())
@@ -237,7 +247,9 @@ impl Room {
         let conn_tag = format!("{CONN_TAG}{conn}");
         self.state
             .accept_websocket_with_tags(&pair.server, &[user_tag.as_str(), conn_tag.as_str()]);
-        pair.server.serialize_attachment(&session).map_err(internal)?;
+        pair.server
+            .serialize_attachment(&session)
+            .map_err(internal)?;
 
         // Presence is per user: announce a join only for the user's first socket.
         if existing == 0 {
@@ -355,15 +367,12 @@ impl Room {
         let text = req.text().await.map_err(internal)?;
         let body: PublishRequest = serde_json::from_str(&text)
             .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
-        let exclude = body
-            .exclude_conn
-            .as_ref()
-            .and_then(|c| {
-                self.state
-                    .get_websockets_with_tag(&format!("{CONN_TAG}{c}"))
-                    .into_iter()
-                    .next()
-            });
+        let exclude = body.exclude_conn.as_ref().and_then(|c| {
+            self.state
+                .get_websockets_with_tag(&format!("{CONN_TAG}{c}"))
+                .into_iter()
+                .next()
+        });
         let (outcome, delivered) = self.publish(&body.id, &body.event, &body.data, None, |f| {
             self.fan_out(f, exclude.as_ref())
         })?;
