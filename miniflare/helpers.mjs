@@ -21,9 +21,31 @@ export async function makeKeys() {
 }
 
 /** Starts the Worker in workerd. `bindings` override or add vars. */
-export async function start({ bindings = {}, jwks, shared = {} } = {}) {
+export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) {
+  // Structured log lines from the Worker and rooms, for tests that observe lifecycle.
+  const logs = [];
   const mf = new Miniflare({
     ...shared,
+    ...(persist ? { durableObjectsPersist: persist } : {}),
+    handleRuntimeStdio(stdout, stderr) {
+      for (const stream of [stdout, stderr]) {
+        let buf = "";
+        stream.on("data", (chunk) => {
+          buf += chunk;
+          const lines = buf.split("\n");
+          buf = lines.pop();
+          for (const line of lines) {
+            const at = line.indexOf("{");
+            if (at < 0) continue;
+            try {
+              logs.push(JSON.parse(line.slice(at)));
+            } catch {
+              /* not one of ours */
+            }
+          }
+        });
+      }
+    },
     modules: true,
     scriptPath: "build/worker/shim.mjs",
     modulesRules: [
@@ -40,7 +62,7 @@ export async function start({ bindings = {}, jwks, shared = {} } = {}) {
     },
   });
   const url = await mf.ready;
-  return { mf, base: url.href.replace(/\/$/, ""), wsBase: url.href.replace(/^http/, "ws").replace(/\/$/, "") };
+  return { mf, logs, base: url.href.replace(/\/$/, ""), wsBase: url.href.replace(/^http/, "ws").replace(/\/$/, "") };
 }
 
 // Kept equal to wrangler.toml's; not newer than the workerd that Miniflare 4 ships.

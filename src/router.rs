@@ -55,8 +55,12 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             connect(&req, &url, env, room).await
         }
         ["v1", "rooms", room, "messages"] => {
-            only(&method, &[Method::Post], "POST")?;
-            publish(req, &url, env, room).await
+            only(&method, &[Method::Post, Method::Get], "GET, POST")?;
+            if method == Method::Get {
+                history(req, &url, env, room).await
+            } else {
+                publish(req, &url, env, room).await
+            }
         }
         ["v1", "rooms", room] => {
             only(&method, &[Method::Get], "GET")?;
@@ -460,6 +464,38 @@ async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
         })
         .collect();
     json_response(200, &BroadcastResponse { results })
+}
+
+async fn history(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
+    check_room(room)?;
+    let (config, verifier) = load(env)?;
+    let (tenant, _) = server_auth(&mut req, url, &config, &verifier).await?;
+    let number = |name: &str, default: u64| -> Result<u64> {
+        match query(url, name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| Error::BadRequest(format!("{name} must be a non-negative integer"))),
+        }
+    };
+    let since = number("since", 0)?;
+    let limit = number("limit", u64::from(rpc::DEFAULT_HISTORY_PAGE))?;
+    if limit == 0 || limit > u64::from(rpc::MAX_HISTORY_PAGE) {
+        return Err(Error::BadRequest(format!(
+            "limit must be 1-{}",
+            rpc::MAX_HISTORY_PAGE
+        )));
+    }
+    let forward = internal_request(
+        &format!("{}?since={since}&limit={limit}", rpc::path::HISTORY),
+        Method::Get,
+        Headers::new(),
+        None,
+    )?;
+    room_stub(env, tenant.as_deref(), room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
 }
 
 async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {

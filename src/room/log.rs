@@ -211,6 +211,71 @@ pub fn append(
     Ok((Appended::New(seq), Some(text)))
 }
 
+/// Stored frames with `seq > since`, in order, at most `limit` of them.
+///
+/// # Errors
+///
+/// `Internal` when storage fails.
+pub fn read_after(sql: &dyn Sql, since: u64, limit: u32) -> Result<Vec<(u64, String)>> {
+    sql.run(
+        "SELECT seq, frame FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+        &[Arg::Int(since as i64), Arg::Int(i64::from(limit))],
+    )?
+    .into_iter()
+    .map(|row| {
+        let mut cells = row.into_iter();
+        let seq = cells.next().unwrap_or(Cell::Null).int()? as u64;
+        let frame = cells.next().unwrap_or(Cell::Null).text()?;
+        Ok((seq, frame))
+    })
+    .collect()
+}
+
+/// The answer to a resume request (contract §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    /// Everything after `since` is retained: these frames, in order (possibly none).
+    Recovered(Vec<String>),
+    /// Wrong epoch, a `since` beyond the log, or messages no longer retained.
+    Lost,
+}
+
+/// Decides a resume: the epoch must match and every message after `since` must still be
+/// retained (at most `history_limit` of them, which also bounds the replay).
+///
+/// # Errors
+///
+/// `Internal` when storage fails.
+pub fn resume(
+    sql: &dyn Sql,
+    head: &Head,
+    since: u64,
+    epoch: &str,
+    history_limit: u32,
+) -> Result<Resumed> {
+    if epoch != head.epoch || since > head.last_seq {
+        return Ok(Resumed::Lost);
+    }
+    let missed = head.last_seq - since;
+    if missed == 0 {
+        return Ok(Resumed::Recovered(Vec::new()));
+    }
+    if missed > u64::from(history_limit) {
+        return Ok(Resumed::Lost);
+    }
+    let rows = read_after(sql, since, history_limit)?;
+    // Gapless means the first retained row must be `since + 1` and there must be exactly
+    // `missed` of them; anything else means pruning already took part of the gap.
+    let complete = rows.len() as u64 == missed && rows.first().map(|(s, _)| *s) == Some(since + 1);
+    if complete {
+        Ok(Resumed::Recovered(
+            rows.into_iter().map(|(_, f)| f).collect(),
+        ))
+    } else {
+        Ok(Resumed::Lost)
+    }
+}
+
 /// Drops message bodies beyond `history_limit` and ids older than the dedup window.
 ///
 /// # Errors

@@ -33,6 +33,9 @@ use session::{Session, CONN_TAG, USER_TAG};
 /// Most users listed in `welcome.presence` (contract §5).
 pub const MAX_PRESENCE_USERS: usize = 100;
 
+/// Messages per array frame when replaying.
+pub const REPLAY_BATCH: usize = 100;
+
 /// The Durable Object.
 #[durable_object]
 pub struct Room {
@@ -83,6 +86,10 @@ impl DurableObject for Room {
         // sees valid ones; falling back to defaults here just avoids a panic path.
         let limits = Limits::from_lookup(&|name| env.var(name).ok().map(|v| v.to_string()))
             .unwrap_or_default();
+        // One line per construction: a room starting again after its sockets were idle is
+        // how eviction shows in `wrangler tail` (and how the tests observe it).
+        let name = state.id().name().unwrap_or_default();
+        crate::runtime::log_line("room.start", &[("room_key", &name)]);
         // Answer heartbeats in the runtime without waking the room (contract §5).
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
@@ -100,6 +107,7 @@ impl DurableObject for Room {
             rpc::path::CONNECT => self.accept(&req),
             rpc::path::PUBLISH => self.http_publish(req).await,
             rpc::path::INFO => self.info(&req),
+            rpc::path::HISTORY => self.history(&req),
             _ => Err(Error::NotFound(path.clone())),
         };
         Ok(match result {
@@ -263,6 +271,21 @@ impl Room {
             self.fan_out(&frame, Some(&pair.server));
         }
 
+        // Resume is decided and replayed inside this synchronous handler, before the
+        // response returns: no other event can run in between, so no live message can
+        // reach this socket ahead of its replay (contract §6).
+        let requested = c.since.is_some() || c.epoch.is_some();
+        let replay = match (c.since, c.epoch.as_deref()) {
+            (Some(since), Some(epoch)) => {
+                log::resume(&self.sql(), &head, since, epoch, self.limits.history_limit)?
+            }
+            _ => log::Resumed::Lost,
+        };
+        let (recovered, frames) = match replay {
+            log::Resumed::Recovered(frames) => (true, frames),
+            log::Resumed::Lost => (false, Vec::new()),
+        };
+
         let sessions = self.sessions();
         let users = distinct_users(&sessions);
         let infos: Vec<Box<RawValue>> = users.iter().map(|(_, s)| s.info_raw()).collect();
@@ -273,9 +296,9 @@ impl Room {
             epoch: &head.epoch,
             seq: head.last_seq,
             resume: Resume {
-                requested: c.since.is_some() || c.epoch.is_some(),
-                recovered: false,
-                replayed: 0,
+                requested,
+                recovered: requested && recovered,
+                replayed: frames.len() as u64,
             },
             presence: Presence {
                 count: users.len(),
@@ -288,6 +311,11 @@ impl Room {
             },
         };
         send(&pair.server, &welcome.to_json());
+        // Replay as array frames (the contract lets the server coalesce): one send per
+        // hundred messages instead of one per message.
+        for chunk in frames.chunks(REPLAY_BATCH) {
+            send(&pair.server, &format!("[{}]", chunk.join(",")));
+        }
 
         let mut resp = Response::from_websocket(pair.client).map_err(internal)?;
         if c.subprotocol {
@@ -385,6 +413,33 @@ impl Room {
                 seq: outcome.seq(),
                 duplicate: matches!(outcome, Appended::Duplicate(_)),
                 delivered,
+            },
+        )
+    }
+
+    fn history(&self, req: &Request) -> Result<Response> {
+        let url = req.url().map_err(internal)?;
+        let number = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        let since = number("since").unwrap_or(0);
+        let limit = number("limit").unwrap_or(u64::from(rpc::DEFAULT_HISTORY_PAGE)) as u32;
+        let head = self.with_head(|h| Ok(h.clone()))?;
+        let rows = log::read_after(&self.sql(), since, limit)?;
+        let messages = rows
+            .into_iter()
+            .map(|(_, frame)| {
+                RawValue::from_string(frame).map_err(|e| Error::Internal(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        json_response(
+            200,
+            &rpc::History {
+                epoch: head.epoch,
+                last_seq: head.last_seq,
+                messages,
             },
         )
     }

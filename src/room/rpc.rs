@@ -17,6 +17,8 @@ pub mod path {
     pub const PUBLISH: &str = "/publish";
     /// Room info.
     pub const INFO: &str = "/info";
+    /// Message history.
+    pub const HISTORY: &str = "/history";
 }
 
 /// A verified socket, as the Worker hands it to the room.
@@ -94,4 +96,20 @@ pub struct RoomInfo {
     pub connections: usize,
     /// Distinct users.
     pub users: Vec<UserEntry>,
+}
+
+/// Default page size of `GET /v1/rooms/{room}/messages`.
+pub const DEFAULT_HISTORY_PAGE: u32 = 100;
+/// Largest page size of `GET /v1/rooms/{room}/messages` (contract §7).
+pub const MAX_HISTORY_PAGE: u32 = 1000;
+
+/// The room's answer to a history request; also the HTTP API's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct History {
+    /// The room log's epoch.
+    pub epoch: String,
+    /// Last assigned seq.
+    pub last_seq: u64,
+    /// Stored `message` frames with `seq > since`, in order.
+    pub messages: Vec<Box<RawValue>>,
 }
