@@ -447,6 +447,76 @@ pub(crate) mod tests {
         assert_eq!(resume(&db, &head, 25, "e", 10).unwrap(), Resumed::Lost);
     }
 
+    /// Pins the storage format: a change to the schema fails here first, and must come
+    /// with a new SCHEMA_VERSION, a migration step in `open`, and docs/storage.md.
+    #[test]
+    fn schema_is_pinned() {
+        let db = lite();
+        open(&db, &|| "e".into()).unwrap();
+        let rows = db
+            .run(
+                "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+                &[],
+            )
+            .unwrap();
+        let text = |c: &Cell| match c {
+            Cell::Text(t) => t.clone(),
+            other => format!("{other:?}"),
+        };
+        let got: Vec<String> = rows
+            .iter()
+            .map(|r| r.iter().map(text).collect::<Vec<_>>().join(" | "))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "table | events | CREATE TABLE events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
+                "index | events_by_ts | CREATE INDEX events_by_ts ON events (ts)",
+                "table | messages | CREATE TABLE messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
+                "table | meta | CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+            ]
+        );
+        assert_eq!(SCHEMA_VERSION, 1);
+    }
+
+    /// A room written by schema version 1 (as these literal rows) stays readable: its
+    /// epoch, head, dedup ids and retained frames survive an upgrade of the code.
+    #[test]
+    fn version_1_data_stays_readable() {
+        let db = lite();
+        for stmt in [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+            "CREATE TABLE events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
+            "CREATE INDEX events_by_ts ON events (ts)",
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
+            "INSERT INTO meta VALUES ('schema_version', 1), ('epoch', 'e_00000000000000aa'), ('last_seq', 2)",
+            "INSERT INTO events VALUES ('first', 1, 1000), ('second', 2, 2000)",
+            r#"INSERT INTO messages VALUES (1, '{"type":"message","seq":1}'), (2, '{"type":"message","seq":2}')"#,
+        ] {
+            db.run(stmt, &[]).unwrap();
+        }
+        let mut head = open(&db, &|| "e_new".into()).unwrap();
+        assert_eq!(
+            head,
+            Head {
+                epoch: "e_00000000000000aa".into(),
+                last_seq: 2
+            }
+        );
+        let (dup, _) = append(&db, &mut head, KEEP, "first", 3000, |_| unreachable!()).unwrap();
+        assert_eq!(dup, Appended::Duplicate(1));
+        let (new, _) = append(&db, &mut head, KEEP, "third", 3000, |s| s.to_string()).unwrap();
+        assert_eq!(new, Appended::New(3));
+        assert_eq!(
+            resume(&db, &head, 0, "e_00000000000000aa", 10).unwrap(),
+            Resumed::Recovered(vec![
+                r#"{"type":"message","seq":1}"#.into(),
+                r#"{"type":"message","seq":2}"#.into(),
+                "3".into()
+            ])
+        );
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
