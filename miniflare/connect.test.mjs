@@ -141,7 +141,11 @@ test("unknown routes and methods get JSON errors", async () => {
   assert.equal((await res.json()).error.code, "not_found");
   const m = await fetch(`${env.base}/v1/rooms/lobby/messages`, { method: "DELETE" });
   assert.equal(m.status, 405);
-  assert.equal(m.headers.get("allow"), "POST");
+  assert.equal(m.headers.get("allow"), "GET, POST");
+  assert.equal((await m.json()).error.code, "method_not_allowed");
+  const b = await fetch(`${env.base}/v1/broadcast`);
+  assert.equal(b.status, 405);
+  assert.equal(b.headers.get("allow"), "POST");
 });
 
 void JWT_SECRET;

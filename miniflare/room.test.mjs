@@ -5,7 +5,9 @@ import assert from "node:assert/strict";
 import { start, connect, userToken, token, signedFetch, uid } from "./helpers.mjs";
 
 let env;
-before(async () => (env = await start()));
+// Ordering and fan-out are tested here, not rate limiting (hostile.test.mjs does that):
+// a bucket big enough for the bursts below.
+before(async () => (env = await start({ bindings: { RATE_LIMIT_PER_SEC: "1000", RATE_LIMIT_BURST: "1000" } })));
 after(async () => env?.mf.dispose());
 
 async function clients(room, names) {

@@ -256,8 +256,12 @@ impl Verifier {
             Err(ValidationError::Expired) => return Err(Error::TokenExpired),
             Err(_) => return Err(invalid("the token has no exp claim; exp is required")),
         }
-        if claims.not_before.is_some() && claims.validate_maturity(&options).is_err() {
-            return Err(invalid("the token is not valid yet (nbf is in the future)"));
+        // Compared in seconds, like `iat`: jwt-compact's `validate_maturity` computes
+        // `nbf - leeway`, which panics for an `nbf` within the leeway of chrono's minimum.
+        if let Some(nbf) = claims.not_before {
+            if nbf.timestamp() > now + LEEWAY_SECS {
+                return Err(invalid("the token is not valid yet (nbf is in the future)"));
+            }
         }
         if let Some(iat) = claims.issued_at {
             if iat.timestamp() > now + LEEWAY_SECS {
@@ -446,10 +450,11 @@ pub fn verify_signature(
     if sigs.is_empty() {
         return Err(malformed());
     }
-    if (now - t).abs() > SIGNATURE_WINDOW_SECS {
+    // In i128: `t` is the client's, and `now - t` overflows i64 for `t` near i64::MIN.
+    let skew = i128::from(now) - i128::from(t);
+    if skew.abs() > i128::from(SIGNATURE_WINDOW_SECS) {
         return Err(Error::Unauthorized(format!(
-            "signature timestamp is {}s away from server time; it must be within ±{SIGNATURE_WINDOW_SECS}s (check the clock and sign each request fresh)",
-            now - t
+            "signature timestamp is {skew}s away from server time; it must be within ±{SIGNATURE_WINDOW_SECS}s (check the clock and sign each request fresh)"
         )));
     }
     let mac = signing_mac(secret, t, method, path_and_query, body)?;

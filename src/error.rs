@@ -60,6 +60,9 @@ pub enum Error {
     /// A publish `id` or `event` does not follow the contract's format.
     #[error("{0}")]
     InvalidId(String),
+    /// A publish exceeded the connection's token bucket; retry after the given ms.
+    #[error("publishing too fast: at most RATE_LIMIT_PER_SEC per second with bursts of RATE_LIMIT_BURST; retry after {0} ms")]
+    RateLimited(u64),
     /// Something failed inside the Worker or the room; details are in the logs only.
     #[error("internal error")]
     Internal(String),
@@ -78,7 +81,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::TooLarge(_) => 413,
-            Error::TooManyConnections(_) => 429,
+            Error::TooManyConnections(_) | Error::RateLimited(_) => 429,
             Error::Misconfigured(_) | Error::Internal(_) => 500,
         }
     }
@@ -103,17 +106,35 @@ impl Error {
             Error::BadFrame(_) => "bad_frame",
             Error::UnknownType(_) => "unknown_type",
             Error::InvalidId(_) => "invalid_id",
+            Error::RateLimited(_) => "rate_limited",
             Error::Internal(_) => "internal",
         }
     }
 
-    /// The close code a socket gets when this error ends it, or `None` when the error is
-    /// recoverable and the socket stays open (contract §5).
+    /// The close code a socket gets when this error ends it by itself, or `None` when the
+    /// error is recoverable and the socket stays open (contract §5). Errors that close only
+    /// when repeated (bad frames, oversized messages, rate limiting) are counted by the room.
     pub fn close_code(&self) -> Option<u16> {
         match self {
             Error::TokenExpired => Some(close::TOKEN_EXPIRED),
             _ => None,
         }
+    }
+
+    /// For `rate_limited`: how long the client should wait.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited(ms) => Some(*ms),
+            _ => None,
+        }
+    }
+
+    /// Whether this error counts as an invalid frame toward the 4400 protocol-error close.
+    pub fn is_bad_frame(&self) -> bool {
+        matches!(
+            self,
+            Error::BadFrame(_) | Error::UnknownType(_) | Error::InvalidId(_)
+        )
     }
 
     /// Whether the 401 answer carries `WWW-Authenticate` (the three token errors).

@@ -327,7 +327,7 @@ pub fn error_frame(id: Option<&str>, err: &Error) -> String {
         id,
         code: err.code(),
         message: err.to_string(),
-        retry_after_ms: None,
+        retry_after_ms: err.retry_after_ms(),
     }
     .to_json()
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{check_event, check_room, null_raw, valid_tenant};
 use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult};
-use crate::runtime::{error_response, json_response, now_ms};
+use crate::runtime::{error_response, json_response, log_line, now_ms};
 
 /// The subprotocol a browser offers and the server answers (contract §4).
 pub const SUBPROTOCOL: &str = "roomcast.v1";
@@ -34,9 +34,25 @@ fn start() {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    // The path only: the query may hold `access_token`, and headers hold tokens and
+    // signatures, so neither is ever logged.
+    let path = req.path();
+    let method = req.method().to_string();
     Ok(match route(req, &env).await {
         Ok(resp) => resp,
-        Err(e) => error_response(&e),
+        Err(e) => {
+            let status = e.status().to_string();
+            log_line(
+                "reject",
+                &[
+                    ("method", &method),
+                    ("path", &path),
+                    ("status", &status),
+                    ("code", e.code()),
+                ],
+            );
+            error_response(&e)
+        }
     })
 }
 

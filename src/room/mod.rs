@@ -6,12 +6,13 @@
 //! Memory here is a cache: the log head is reloaded from SQLite after a wake-up, and every
 //! socket's identity lives in its attachment.
 
+pub mod limits;
 pub mod log;
 pub mod rpc;
 pub mod session;
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell as MemCell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::value::RawValue;
 use worker::{
@@ -19,13 +20,15 @@ use worker::{
     WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
+use crate::auth::LEEWAY_SECS;
 use crate::config::Limits;
 use crate::error::{close, Error, Result};
 use crate::protocol::{
     self, error_frame, ClientFrame, From, Presence, PresenceOp, PresenceUser, Publish, Resume,
     ServerFrame,
 };
-use crate::runtime::{json_response, now_ms, random_id};
+use crate::runtime::{json_response, log_line, now_ms, random_id};
+use limits::{Admit, ConnState};
 use log::{Appended, Arg, Cell, Head, Retention, Sql};
 use rpc::{ConnectRequest, PublishRequest, PublishResult, RoomInfo, UserEntry};
 use session::{Session, CONN_TAG, USER_TAG};
@@ -43,7 +46,15 @@ pub struct Room {
     limits: Limits,
     /// The log head, loaded lazily; `None` until the first event after construction.
     head: RefCell<Option<Head>>,
+    /// Rate-limit and strike state per connection id; memory only (see `limits`).
+    conns: RefCell<HashMap<String, ConnState>>,
+    /// The expiry alarm as last set or read, in ms; `None` when not known since waking.
+    alarm_at: MemCell<Option<Option<i64>>>,
 }
+
+/// Sockets whose token runs out within this many seconds of an expiry alarm are closed by
+/// that same alarm, so tokens minted together cost one wake-up, not one each.
+pub const EXPIRY_COALESCE_SECS: i64 = 5;
 
 /// `ctx.storage.sql` as the log's [`Sql`] engine.
 struct DoSql(SqlStorage);
@@ -89,7 +100,7 @@ impl DurableObject for Room {
         // One line per construction: a room starting again after its sockets were idle is
         // how eviction shows in `wrangler tail` (and how the tests observe it).
         let name = state.id().name().unwrap_or_default();
-        crate::runtime::log_line("room.start", &[("room_key", &name)]);
+        log_line("room.start", &[("room_key", &name)]);
         // Answer heartbeats in the runtime without waking the room (contract §5).
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
@@ -98,13 +109,15 @@ impl DurableObject for Room {
             state,
             limits,
             head: RefCell::new(None),
+            conns: RefCell::new(HashMap::new()),
+            alarm_at: MemCell::new(None),
         }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
         let path = req.path();
         let result = match path.as_str() {
-            rpc::path::CONNECT => self.accept(&req),
+            rpc::path::CONNECT => self.accept(&req).await,
             rpc::path::PUBLISH => self.http_publish(req).await,
             rpc::path::INFO => self.info(&req),
             rpc::path::HISTORY => self.history(&req),
@@ -121,18 +134,23 @@ impl DurableObject for Room {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
+        let Some(session) = Session::of(&ws) else {
+            // Only sockets accepted by `accept` exist, and each gets an attachment there.
+            log_line("room.no_attachment", &[]);
+            let _ = ws.close(Some(close::INTERNAL), Some("lost session"));
+            return Ok(());
+        };
+        if session.gone {
+            return Ok(());
+        }
+        let now = now_ms();
         let text = match message {
             WebSocketIncomingMessage::String(s) => s,
             WebSocketIncomingMessage::Binary(_) => {
-                send(
-                    &ws,
-                    &error_frame(
-                        None,
-                        &Error::BadFrame(
-                            "binary messages are not accepted; send JSON text frames".into(),
-                        ),
-                    ),
+                let e = Error::BadFrame(
+                    "binary messages are not accepted; send JSON text frames".into(),
                 );
+                self.frame_error(&ws, &session, None, &e, now);
                 return Ok(());
             }
         };
@@ -142,34 +160,26 @@ impl DurableObject for Room {
                 text.len(),
                 self.limits.max_message_bytes
             ));
-            send(&ws, &error_frame(None, &e));
+            self.frame_error(&ws, &session, None, &e, now);
             return Ok(());
         }
-        let Some(session) = ws.deserialize_attachment::<Session>().ok().flatten() else {
-            // Only sockets accepted by `connect` exist, and each gets an attachment there.
-            crate::runtime::log_line("room.no_attachment", &[]);
-            let _ = ws.close(Some(close::INTERNAL), Some("lost session"));
-            return Ok(());
-        };
         let frames = match protocol::parse_message(&text) {
             Ok(frames) => frames,
             Err(e) => {
-                send(&ws, &error_frame(None, &e));
+                self.frame_error(&ws, &session, None, &e, now);
                 return Ok(());
             }
         };
         for parsed in frames {
-            match parsed {
-                Err((id, e)) => send(&ws, &error_frame(id.as_deref(), &e)),
-                Ok(ClientFrame::Publish(p)) => {
-                    if let Err(e) = self.ws_publish(&ws, &session, &p) {
-                        send(&ws, &error_frame(Some(&p.id), &e));
-                        if let Some(code) = e.close_code() {
-                            let _ = ws.close(Some(code), Some(e.to_string()));
-                            break;
-                        }
-                    }
-                }
+            let open = match parsed {
+                Err((id, e)) => self.frame_error(&ws, &session, id.as_deref(), &e, now),
+                Ok(ClientFrame::Publish(p)) => match self.ws_publish(&ws, &session, &p, now) {
+                    Ok(()) => true,
+                    Err(e) => self.frame_error(&ws, &session, Some(&p.id), &e, now),
+                },
+            };
+            if !open {
+                break;
             }
         }
         Ok(())
@@ -189,8 +199,42 @@ impl DurableObject for Room {
             code as u16
         };
         let _ = ws.close(Some(reply), Some("bye"));
+        if let Some(s) = Session::of(&ws) {
+            log_line(
+                "socket.close",
+                &[("conn", &s.conn), ("code", &code.to_string())],
+            );
+        }
         self.departed(&ws);
         Ok(())
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_at.set(Some(None));
+        let now = now_ms() / 1000;
+        let mut closed = 0usize;
+        let mut next: Option<i64> = None;
+        for ws in self.state.get_websockets() {
+            let Some(session) = Session::of(&ws) else {
+                continue;
+            };
+            if session.gone {
+                continue;
+            }
+            if session.expired(now + EXPIRY_COALESCE_SECS) {
+                send(&ws, &error_frame(None, &Error::TokenExpired));
+                let _ = ws.close(Some(close::TOKEN_EXPIRED), Some("token_expired"));
+                self.departed(&ws);
+                closed += 1;
+            } else {
+                next = Some(next.map_or(session.exp, |n| n.min(session.exp)));
+            }
+        }
+        log_line("room.alarm", &[("expired_closed", &closed.to_string())]);
+        if let Some(exp) = next {
+            self.schedule_expiry(exp).await;
+        }
+        Response::ok("")
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
@@ -200,6 +244,34 @@ impl DurableObject for Room {
 }
 
 impl Room {
+    /// Makes sure an alarm fires once a socket with token expiry `exp` must be closed.
+    ///
+    /// Trade-off: an alarm wakes an evicted room, but only when a socket really has to be
+    /// closed; the alternative (checking on every event) would leave an idle room holding
+    /// sockets with dead tokens indefinitely. Only the earliest expiry is scheduled, the
+    /// alarm closes everything expiring within `EXPIRY_COALESCE_SECS` and reschedules, and
+    /// the common case (a later token joining) costs no storage write at all.
+    async fn schedule_expiry(&self, exp: i64) {
+        let due = (exp + LEEWAY_SECS + 1) * 1000;
+        let current = match self.alarm_at.get() {
+            Some(known) => known,
+            None => {
+                let read = self.state.storage().get_alarm().await.ok().flatten();
+                self.alarm_at.set(Some(read));
+                read
+            }
+        };
+        if current.is_some_and(|at| at <= due) {
+            return;
+        }
+        // `set_alarm` takes an i64 as an offset from now, not as a timestamp.
+        let offset = (due - now_ms()).max(0);
+        match self.state.storage().set_alarm(offset).await {
+            Ok(()) => self.alarm_at.set(Some(Some(due))),
+            Err(e) => log_line("room.alarm_failed", &[("detail", &e.to_string())]),
+        }
+    }
+
     fn sql(&self) -> DoSql {
         DoSql(self.state.storage().sql())
     }
@@ -223,7 +295,7 @@ impl Room {
         }
     }
 
-    fn accept(&self, req: &Request) -> Result<Response> {
+    async fn accept(&self, req: &Request) -> Result<Response> {
         let header = req
             .headers()
             .get(rpc::SESSION_HEADER)
@@ -234,7 +306,12 @@ impl Room {
             .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
 
         let user_tag = format!("{USER_TAG}{}", c.user);
-        let existing = self.state.get_websockets_with_tag(&user_tag).len();
+        let existing = self
+            .state
+            .get_websockets_with_tag(&user_tag)
+            .iter()
+            .filter(|ws| Session::of(ws).is_some_and(|s| !s.gone))
+            .count();
         if existing >= self.limits.max_connections_per_user as usize {
             return Err(Error::TooManyConnections(format!(
                 "user {:?} already has {existing} sockets in this room; MAX_CONNECTIONS_PER_USER is {}",
@@ -251,6 +328,7 @@ impl Room {
             write: c.write,
             exp: c.exp,
             info: c.info.clone(),
+            gone: false,
         };
         let conn_tag = format!("{CONN_TAG}{conn}");
         self.state
@@ -317,6 +395,11 @@ impl Room {
             send(&pair.server, &format!("[{}]", chunk.join(",")));
         }
 
+        log_line("socket.open", &[("conn", &conn), ("user", &c.user)]);
+        // Everything above ran without an await, so the replay is already queued ahead
+        // of any live message; scheduling the expiry alarm may now yield safely.
+        self.schedule_expiry(c.exp).await;
+
         let mut resp = Response::from_websocket(pair.client).map_err(internal)?;
         if c.subprotocol {
             resp.headers_mut()
@@ -326,23 +409,94 @@ impl Room {
         Ok(resp)
     }
 
-    /// Every open socket's session (sockets without one are skipped).
+    /// Every open socket's session (sockets without one, or already gone, are skipped).
     fn sessions(&self) -> Vec<Session> {
         self.state
             .get_websockets()
             .iter()
-            .filter_map(|ws| ws.deserialize_attachment::<Session>().ok().flatten())
+            .filter_map(Session::of)
+            .filter(|s| !s.gone)
             .collect()
     }
 
-    fn ws_publish(&self, ws: &WebSocket, session: &Session, p: &Publish) -> Result<()> {
+    /// Answers a bad frame or refused publish with an `error` frame, counts it toward the
+    /// connection's strikes, and closes the socket when the error or the strikes say so.
+    /// Returns whether the socket is still open.
+    fn frame_error(
+        &self,
+        ws: &WebSocket,
+        session: &Session,
+        id: Option<&str>,
+        err: &Error,
+        now: i64,
+    ) -> bool {
+        send(ws, &error_frame(id, err));
+        let close = err.close_code().or_else(|| {
+            let mut conns = self.conns.borrow_mut();
+            let state = conns
+                .entry(session.conn.clone())
+                .or_insert_with(|| ConnState::new(&self.limits, now));
+            if err.is_bad_frame() && state.bad_frame() {
+                Some((close::PROTOCOL_ERROR, "too many invalid frames"))
+            } else if matches!(err, Error::TooLarge(_)) && state.too_large() {
+                Some((close::TOO_BIG, "too many oversized messages"))
+            } else {
+                None
+            }
+            .map(|(code, reason)| {
+                log_line(
+                    "socket.kick",
+                    &[
+                        ("conn", &session.conn),
+                        ("code", &code.to_string()),
+                        ("reason", reason),
+                    ],
+                );
+                code
+            })
+        });
+        match close {
+            None => true,
+            Some(code) => {
+                let _ = ws.close(Some(code), Some(err.code()));
+                self.departed(ws);
+                false
+            }
+        }
+    }
+
+    fn ws_publish(&self, ws: &WebSocket, session: &Session, p: &Publish, now: i64) -> Result<()> {
+        if session.expired(now / 1000) {
+            return Err(Error::TokenExpired);
+        }
         if !session.write {
             return Err(Error::Forbidden(
                 "this token has no \"write\" permission on this room".into(),
             ));
         }
-        if session.expired(now_ms() / 1000) {
-            return Err(Error::TokenExpired);
+        let admit = self
+            .conns
+            .borrow_mut()
+            .entry(session.conn.clone())
+            .or_insert_with(|| ConnState::new(&self.limits, now))
+            .admit(&self.limits, now);
+        match admit {
+            Admit::Yes => {}
+            Admit::Later(ms) => return Err(Error::RateLimited(ms)),
+            Admit::Close => {
+                send(ws, &error_frame(Some(&p.id), &Error::RateLimited(1000)));
+                log_line(
+                    "socket.kick",
+                    &[
+                        ("conn", &session.conn),
+                        ("code", "4008"),
+                        ("reason", "sustained rate limiting"),
+                    ],
+                );
+                let _ = ws.close(Some(close::RATE_LIMITED), Some("rate_limited"));
+                self.departed(ws);
+                return Ok(());
+            }
         }
         let from = From {
             user: session.user.clone(),
@@ -494,22 +648,30 @@ impl Room {
         }
         for ws in dead {
             let _ = ws.close(Some(close::INTERNAL), Some("send failed"));
+            self.departed(&ws);
         }
         delivered
     }
 
-    /// Cleans up after a socket that closed or failed: announces `leave` when it was the
-    /// user's last socket.
+    /// Cleans up after a socket that closed, failed, or was closed by the room: marks it
+    /// gone (once), forgets its limits, and announces `leave` when it was the user's last
+    /// socket.
     fn departed(&self, ws: &WebSocket) {
-        let Some(session) = ws.deserialize_attachment::<Session>().ok().flatten() else {
+        let Some(mut session) = Session::of(ws) else {
             return;
         };
+        if session.gone {
+            return;
+        }
+        session.gone = true;
+        let _ = ws.serialize_attachment(&session);
+        self.conns.borrow_mut().remove(&session.conn);
         let tag = format!("{USER_TAG}{}", session.user);
         let others = self
             .state
             .get_websockets_with_tag(&tag)
             .iter()
-            .filter(|other| *other != ws)
+            .filter(|other| *other != ws && Session::of(other).is_some_and(|s| !s.gone))
             .count();
         if others == 0 {
             let info = session.info_raw();

@@ -27,9 +27,18 @@ pub struct Session {
     pub exp: i64,
     /// The token's `info` as JSON object text.
     pub info: Option<String>,
+    /// Set once the room has said goodbye to this socket (closed it, or announced its
+    /// `leave`), so that a later close or error event does not announce it twice.
+    #[serde(default)]
+    pub gone: bool,
 }
 
 impl Session {
+    /// The session attached to a socket, if any.
+    pub fn of(ws: &worker::WebSocket) -> Option<Session> {
+        ws.deserialize_attachment::<Session>().ok().flatten()
+    }
+
     /// Whether the token behind this socket has expired, allowing the clock leeway.
     pub fn expired(&self, now_secs: i64) -> bool {
         now_secs > self.exp + LEEWAY_SECS
@@ -61,6 +70,7 @@ mod tests {
             write: true,
             exp: 1000,
             info: None,
+            gone: false,
         };
         assert!(!s.expired(1000 + LEEWAY_SECS));
         assert!(s.expired(1001 + LEEWAY_SECS));
