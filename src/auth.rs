@@ -414,6 +414,55 @@ fn parse_jwks(text: &str) -> Result<Vec<KeyEntry>> {
     Ok(out)
 }
 
+/// Rooms a dev token may use: the demo's, nothing else.
+pub const DEV_ROOM_PATTERN: &str = "demo-*";
+/// Lifetime of a dev token.
+pub const DEV_TOKEN_TTL_SECS: i64 = 600;
+
+#[derive(serde::Serialize)]
+struct DevClaims<'a> {
+    sub: &'a str,
+    rooms: BTreeMap<&'static str, [&'static str; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a serde_json::Value>,
+}
+
+/// Mints an HS256 user token for the local demo: read+write on `demo-*` rooms only, for
+/// ten minutes. Only reachable when `DEV_TOKENS` is set (see `router`).
+///
+/// # Errors
+///
+/// `BadRequest` for an invalid `sub` or `info`; `Internal` if signing fails.
+pub fn mint_dev_token(
+    secret: &str,
+    sub: &str,
+    info: Option<&serde_json::Value>,
+    now: i64,
+) -> Result<String> {
+    if sub.is_empty() || sub.chars().count() > MAX_SUB_CHARS {
+        return Err(Error::BadRequest("sub must be 1-128 characters".into()));
+    }
+    if let Some(info) = info {
+        if !info.is_object() || info.to_string().len() > MAX_INFO_BYTES {
+            return Err(Error::BadRequest(format!(
+                "info must be a JSON object of at most {MAX_INFO_BYTES} bytes"
+            )));
+        }
+    }
+    let at = |t: i64| DateTime::<Utc>::from_timestamp(t, 0);
+    let mut claims = Claims::new(DevClaims {
+        sub,
+        rooms: BTreeMap::from([(DEV_ROOM_PATTERN, ["read", "write"])]),
+        info,
+    });
+    claims.issued_at = at(now);
+    claims.expiration = at(now + DEV_TOKEN_TTL_SECS);
+    let header = jwt_compact::Header::empty().with_token_type("JWT");
+    Hs256
+        .token(&header, &claims, &Hs256Key::new(secret.as_bytes()))
+        .map_err(|e| Error::Internal(format!("sign dev token: {e}")))
+}
+
 /// Verifies a `Roomcast-Signature` header (contract §7).
 ///
 /// `msg = t + "\n" + METHOD + "\n" + path_and_query + "\n" + body`, HMAC-SHA256 with
@@ -506,6 +555,25 @@ fn signing_mac(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_tokens_verify_and_only_cover_demo_rooms() {
+        let config =
+            Config::from_lookup(&|k| (k == "JWT_SECRET").then(|| "s3cret".to_string())).unwrap();
+        let info = serde_json::json!({"name": "Ada"});
+        let token = mint_dev_token("s3cret", "ada", Some(&info), 1_000).unwrap();
+        let id = Verifier::new(&config)
+            .unwrap()
+            .verify(&token, 1_000)
+            .unwrap();
+        assert_eq!(id.user, "ada");
+        assert_eq!(id.exp, 1_000 + DEV_TOKEN_TTL_SECS);
+        assert_eq!(id.info.as_deref(), Some(r#"{"name":"Ada"}"#));
+        assert!(id.perms_for("demo-board").write);
+        assert!(!id.perms_for("payroll").read);
+        assert!(mint_dev_token("s", "", None, 0).is_err());
+        assert!(mint_dev_token("s", "a", Some(&serde_json::json!([1])), 0).is_err());
+    }
 
     #[test]
     fn patterns() {

@@ -87,6 +87,9 @@ pub struct Config {
     pub api_secret: Option<String>,
     /// Allowed browser origins; `None` allows any.
     pub allowed_origins: Option<Vec<String>>,
+    /// `DEV_TOKENS=1`: serve `POST /v1/dev/token` for the local demo. Never set it in
+    /// production: anyone could mint tokens for `demo-*` rooms.
+    pub dev_tokens: bool,
     /// Numeric limits.
     pub limits: Limits,
 }
@@ -120,6 +123,7 @@ impl Config {
             jwt_audience: text("JWT_AUDIENCE"),
             api_secret: text("API_SECRET"),
             allowed_origins,
+            dev_tokens: matches!(text("DEV_TOKENS").as_deref(), Some("1" | "true")),
             limits: Limits::from_lookup(get)?,
         })
     }

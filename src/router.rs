@@ -82,6 +82,7 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             only(&method, &[Method::Get], "GET")?;
             info(req, &url, env, room).await
         }
+        ["v1", "dev", "token"] => dev_token(req, env).await,
         ["v1", "broadcast"] => {
             only(&method, &[Method::Post], "POST")?;
             broadcast(req, &url, env).await
@@ -512,6 +513,35 @@ async fn history(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<R
         .fetch_with_request(forward)
         .await
         .map_err(internal)
+}
+
+#[derive(Deserialize)]
+struct DevTokenBody {
+    sub: String,
+    info: Option<serde_json::Value>,
+}
+
+/// `POST /v1/dev/token` — exists only when `DEV_TOKENS` is set (local development);
+/// otherwise it is a plain 404, indistinguishable from any unknown route.
+async fn dev_token(mut req: Request, env: &Env) -> Result<Response> {
+    let config = Config::from_lookup(&|name| env.var(name).ok().map(|v| v.to_string()))?;
+    let secret = match (&config.jwt_secret, config.dev_tokens) {
+        (Some(secret), true) => secret.clone(),
+        _ => return Err(Error::NotFound(req.path())),
+    };
+    only(&req.method(), &[Method::Post], "POST")?;
+    let body = req.bytes().await.map_err(internal)?;
+    if body.len() > 4096 {
+        return Err(Error::TooLarge(
+            "dev token requests are at most 4096 bytes".into(),
+        ));
+    }
+    let body: DevTokenBody = serde_json::from_slice(&body).map_err(bad_body)?;
+    let token = auth::mint_dev_token(&secret, &body.sub, body.info.as_ref(), now_secs())?;
+    json_response(
+        200,
+        &serde_json::json!({ "token": token, "rooms": auth::DEV_ROOM_PATTERN }),
+    )
 }
 
 async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
