@@ -10,6 +10,7 @@ pub mod limits;
 pub mod log;
 pub mod rpc;
 pub mod session;
+pub mod sockets;
 
 use std::cell::{Cell as MemCell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +49,8 @@ pub struct Room {
     head: RefCell<Option<Head>>,
     /// Rate-limit and strike state per connection id; memory only (see `limits`).
     conns: RefCell<HashMap<String, ConnState>>,
+    /// Open sockets, cached between events (see `sockets`).
+    sockets: sockets::Sockets,
     /// The expiry alarm as last set or read, in ms; `None` when not known since waking.
     alarm_at: MemCell<Option<Option<i64>>>,
 }
@@ -110,6 +113,7 @@ impl DurableObject for Room {
             limits,
             head: RefCell::new(None),
             conns: RefCell::new(HashMap::new()),
+            sockets: sockets::Sockets::default(),
             alarm_at: MemCell::new(None),
         }
     }
@@ -214,7 +218,8 @@ impl DurableObject for Room {
         let now = now_ms() / 1000;
         let mut closed = 0usize;
         let mut next: Option<i64> = None;
-        for ws in self.state.get_websockets() {
+        let sockets = self.sockets.with(&self.state, <[WebSocket]>::to_vec);
+        for ws in sockets {
             let Some(session) = Session::of(&ws) else {
                 continue;
             };
@@ -336,6 +341,7 @@ impl Room {
         pair.server
             .serialize_attachment(&session)
             .map_err(internal)?;
+        self.sockets.added(&pair.server);
 
         // Presence is per user: announce a join only for the user's first socket.
         if existing == 0 {
@@ -411,12 +417,12 @@ impl Room {
 
     /// Every open socket's session (sockets without one, or already gone, are skipped).
     fn sessions(&self) -> Vec<Session> {
-        self.state
-            .get_websockets()
-            .iter()
-            .filter_map(Session::of)
-            .filter(|s| !s.gone)
-            .collect()
+        self.sockets.with(&self.state, |list| {
+            list.iter()
+                .filter_map(Session::of)
+                .filter(|s| !s.gone)
+                .collect()
+        })
     }
 
     /// Answers a bad frame or refused publish with an `error` frame, counts it toward the
@@ -635,17 +641,20 @@ impl Room {
     /// succeeded. A failing socket (closing, or gone without a close frame) never stops
     /// the loop: failures are collected and those sockets closed afterwards.
     fn fan_out(&self, frame: &str, skip: Option<&WebSocket>) -> usize {
+        let js = wasm_bindgen::JsValue::from_str(frame);
         let mut delivered = 0;
         let mut dead = Vec::new();
-        for ws in self.state.get_websockets() {
-            if skip == Some(&ws) {
-                continue;
+        self.sockets.with(&self.state, |list| {
+            for ws in list {
+                if skip == Some(ws) {
+                    continue;
+                }
+                match sockets::send_js(ws, &js) {
+                    Ok(()) => delivered += 1,
+                    Err(_) => dead.push(ws.clone()),
+                }
             }
-            match ws.send_with_str(frame) {
-                Ok(()) => delivered += 1,
-                Err(_) => dead.push(ws),
-            }
-        }
+        });
         for ws in dead {
             let _ = ws.close(Some(close::INTERNAL), Some("send failed"));
             self.departed(&ws);
@@ -657,6 +666,7 @@ impl Room {
     /// gone (once), forgets its limits, and announces `leave` when it was the user's last
     /// socket.
     fn departed(&self, ws: &WebSocket) {
+        self.sockets.removed(ws);
         let Some(mut session) = Session::of(ws) else {
             return;
         };

@@ -1,0 +1,689 @@
+// The Roomcast client: one room, one logical connection that survives reconnects.
+//
+// * Connection: token in the subprotocol list, heartbeat, close-code policy, backoff.
+// * Resume: remembers (epoch, seq), reconnects with ?since&epoch, drops seq it has seen,
+//   reports what it cannot recover as `resync`.
+// * Outbox: every publish keeps one id until the server answers it; unanswered ones are
+//   sent again after a reconnect, and the server's dedup makes that exactly-once.
+
+import { Emitter } from "./emitter.js";
+import {
+  ID_PATTERN,
+  RETRYABLE_PUBLISH_ERRORS,
+  RoomcastError,
+  backoffDelay,
+  closePolicy,
+  handshakePolicy,
+  randomId,
+  utf8Length,
+  type CloseAction,
+} from "./policy.js";
+import type {
+  AckFrame,
+  ConnectionState,
+  ErrorFrame,
+  MessageFrame,
+  PresenceEvent,
+  PresenceFrame,
+  PresenceUser,
+  PublishOptions,
+  PublishResult,
+  ResyncEvent,
+  RoomcastOptions,
+  StateDetail,
+  Timers,
+  TokenContext,
+  TokenProvider,
+  UrlProvider,
+  WebSocketConstructor,
+  WebSocketLike,
+  WelcomeFrame,
+} from "./types.js";
+
+export interface RoomcastEvents {
+  /** A message, each `seq` at most once and in order. */
+  message: (message: MessageFrame) => void;
+  /** Presence snapshot on every (re)connect, then joins and leaves. */
+  presence: (event: PresenceEvent) => void;
+  /** Connection state changes, and every scheduled retry. */
+  state: (state: ConnectionState, detail: StateDetail) => void;
+  /** Messages may have been missed: reload from your source of truth. */
+  resync: (event: ResyncEvent) => void;
+  /** Something went wrong; `error.fatal` means the client has stopped. */
+  error: (error: RoomcastError) => void;
+  /** Every `welcome` frame (connection id, epoch, resume outcome). */
+  welcome: (welcome: WelcomeFrame) => void;
+}
+
+const OPEN = 1;
+const SUBPROTOCOL = "roomcast.v1";
+const MAX_REMEMBERED_CONNS = 64;
+
+interface Waiter {
+  resolve: (r: PublishResult) => void;
+  reject: (e: RoomcastError) => void;
+}
+
+interface Entry {
+  id: string;
+  frame: string;
+  echo: boolean;
+  /** queued: to send; inflight: sent on the current connection, unanswered. */
+  status: "queued" | "inflight";
+  waiters: Waiter[];
+  /** `internal` errors so far. */
+  failures: number;
+}
+
+interface Conn {
+  ws: WebSocketLike;
+  welcomed: boolean;
+  id?: string;
+  /** Publishes sent on this connection and not yet answered, in send order. */
+  inflight: Entry[];
+  connectTimer?: unknown;
+  pingTimer?: unknown;
+  pongTimer?: unknown;
+  stableTimer?: unknown;
+}
+
+const defaultTimers: Timers = {
+  setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
+  clearTimeout: (h) => globalThis.clearTimeout(h),
+};
+
+export class Roomcast extends Emitter<RoomcastEvents> {
+  readonly room: string;
+
+  private readonly WS: WebSocketConstructor;
+  private readonly token: string | TokenProvider;
+  private readonly url: string | URL | UrlProvider;
+  private readonly tenant: string | undefined;
+  private readonly echo: boolean;
+  private readonly maxOutbox: number;
+  private readonly maxInFlight: number;
+  private readonly maxMessageBytes: number;
+  private readonly maxRetries: number;
+  private readonly connectTimeoutMs: number;
+  private readonly baseMs: number;
+  private readonly capMs: number;
+  private readonly stableMs: number;
+  private readonly pingMs: number;
+  private readonly pongMs: number;
+  private readonly timers: Timers;
+  private readonly random: () => number;
+  private readonly generateId: () => string;
+
+  private _state: ConnectionState = "connecting";
+  private stopped = false;
+  /** Bumped whenever a pending attempt must be abandoned. */
+  private generation = 0;
+  private conn: Conn | null = null;
+  private attempt = 0;
+  private retryTimer: unknown = undefined;
+  /** Bounds the token and URL providers of the attempt under way. */
+  private attemptTimer: unknown = undefined;
+  private pauseTimer: unknown = undefined;
+  /** Publishes allowed in flight now: maxInFlight, cut to 1 by rate limiting, +1 per ack. */
+  private window = 1;
+  private tokenReason: TokenContext["reason"] = "connect";
+
+  private _epoch: string | null = null;
+  private lastSeq = 0;
+  /** Seqs of our own publishes (acknowledged, not echoed) above `lastSeq`. */
+  private ownSeqs = new Set<number>();
+  /** Our connection ids, to recognise our own messages in a replay. */
+  private myConns: string[] = [];
+  private _user: string | null = null;
+  private readonly members = new Map<string, unknown>();
+  private readonly outbox = new Map<string, Entry>();
+
+  constructor(options: RoomcastOptions) {
+    super();
+    if (!options || typeof options !== "object") throw new TypeError("Roomcast: options are required");
+    const { room } = options;
+    if (typeof room !== "string" || !ID_PATTERN.test(room)) {
+      throw new TypeError(`Roomcast: invalid room name ${JSON.stringify(room)}; use [A-Za-z0-9_.:-]{1,128}`);
+    }
+    if (typeof options.token !== "string" && typeof options.token !== "function") {
+      throw new TypeError("Roomcast: `token` must be a string or a function returning one");
+    }
+    if (options.url === undefined || options.url === null) throw new TypeError("Roomcast: `url` is required");
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (typeof WS !== "function") {
+      throw new TypeError("Roomcast: no global WebSocket here; pass one, e.g. `WebSocket` from the `ws` package");
+    }
+    this.room = room;
+    this.WS = WS;
+    this.token = options.token;
+    this.url = options.url;
+    this.tenant = options.tenant;
+    this.echo = options.echo ?? false;
+    this.maxOutbox = positive(options.maxOutbox, 1000);
+    this.maxInFlight = positive(options.maxInFlight, 32);
+    this.window = this.maxInFlight;
+    this.maxMessageBytes = positive(options.maxMessageBytes, 65_536);
+    this.maxRetries = options.maxRetries ?? 5;
+    this.connectTimeoutMs = positive(options.connectTimeoutMs, 15_000);
+    this.baseMs = positive(options.backoff?.baseMs, 500);
+    this.capMs = positive(options.backoff?.capMs, 30_000);
+    this.stableMs = positive(options.backoff?.stableMs, 10_000);
+    const hb = options.heartbeat;
+    this.pingMs = hb === false ? 0 : positive(hb?.intervalMs, 25_000);
+    this.pongMs = hb === false ? 0 : positive(hb?.timeoutMs, 10_000);
+    this.timers = options.timers ?? defaultTimers;
+    this.random = options.random ?? Math.random;
+    this.generateId = options.generateId ?? randomId;
+    if (options.resume) {
+      this._epoch = options.resume.epoch;
+      this.lastSeq = options.resume.seq;
+    }
+    // Start on the next microtask, so listeners added right after construction see
+    // the first `connecting` state.
+    const gen = this.generation;
+    void Promise.resolve().then(() => {
+      if (gen === this.generation && !this.stopped) void this.attemptConnect();
+    });
+  }
+
+  /** Current connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+  /** The room's epoch as last seen, or null before the first `welcome`. */
+  get epoch(): string | null {
+    return this._epoch;
+  }
+  /** Highest seq this client has accounted for (delivered, or published itself). */
+  get seq(): number {
+    return this.lastSeq;
+  }
+  /** This client's current connection id (`from.conn` of its messages), when open. */
+  get connectionId(): string | null {
+    return this.conn?.welcomed ? (this.conn.id ?? null) : null;
+  }
+  /** The token's `sub`, from the last `welcome`. */
+  get user(): string | null {
+    return this._user;
+  }
+  /** Users present, with their `info`, as of the last snapshot plus joins and leaves. */
+  get presence(): ReadonlyMap<string, unknown> {
+    return this.members;
+  }
+  /** Publishes not answered yet (queued or in flight). */
+  get pending(): number {
+    return this.outbox.size;
+  }
+
+  /**
+   * Publishes `data` as `event`. Resolves once with the room's `seq` (and whether the id
+   * had been accepted before), or rejects on a non-retryable error, a full outbox, or
+   * `close()`. Offline publishes wait in the outbox; unanswered ones are re-sent with the
+   * same id after a reconnect.
+   */
+  publish<T = unknown>(event: string, data?: T, options: PublishOptions = {}): Promise<PublishResult> {
+    if (this.stopped) return Promise.reject(this.closedError());
+    const id = options.id ?? this.generateId();
+    if (typeof id !== "string" || !ID_PATTERN.test(id)) {
+      return Promise.reject(new RoomcastError("invalid_id", `invalid event id ${JSON.stringify(id)}; use [A-Za-z0-9_.:-]{1,128}`, { id: String(id) }));
+    }
+    if (typeof event !== "string" || event.length < 1 || event.length > 64) {
+      return Promise.reject(new RoomcastError("invalid_id", "event must be a string of 1 to 64 characters", { id }));
+    }
+    const existing = this.outbox.get(id);
+    if (existing) {
+      // The same id again while the first is pending: one send, one answer for both.
+      return new Promise((resolve, reject) => existing.waiters.push({ resolve, reject }));
+    }
+    if (this.outbox.size >= this.maxOutbox) {
+      return Promise.reject(
+        new RoomcastError("outbox_full", `outbox full: ${this.outbox.size} publishes are waiting (maxOutbox ${this.maxOutbox}); wait for some to resolve`, { id }),
+      );
+    }
+    const echo = options.echo ?? this.echo;
+    let frame: string;
+    try {
+      frame = JSON.stringify({ type: "publish", id, event, data: data === undefined ? null : data, echo });
+    } catch (err) {
+      return Promise.reject(new RoomcastError("bad_data", `data is not JSON-serialisable: ${String(err)}`, { id, cause: err }));
+    }
+    const bytes = utf8Length(frame);
+    if (bytes > this.maxMessageBytes) {
+      return Promise.reject(new RoomcastError("too_large", `publish frame is ${bytes} bytes; the limit is ${this.maxMessageBytes}`, { id }));
+    }
+    return new Promise((resolve, reject) => {
+      this.outbox.set(id, { id, frame, echo, status: "queued", waiters: [{ resolve, reject }], failures: 0 });
+      this.pump();
+    });
+  }
+
+  /**
+   * Drops the current connection (if any) and connects again now, resuming. Use it when
+   * you know the network is back (e.g. the browser's `online` event).
+   */
+  reconnect(): void {
+    if (this.stopped) return;
+    this.clearTimer(this.retryTimer);
+    this.retryTimer = undefined;
+    const conn = this.conn;
+    if (conn) this.teardown(conn, "reconnect requested");
+    this.attempt = 0;
+    void this.attemptConnect();
+  }
+
+  /** Closes for good: the socket with 1000, pending publishes reject with `closed`. */
+  close(code = 1000, reason = "client closed"): void {
+    if (this.stopped) return;
+    this.stop(new RoomcastError("closed", "the client was closed", { closeCode: code }), { code, reason }, code, reason);
+  }
+
+  // ---- connection ----------------------------------------------------------------
+
+  private async attemptConnect(): Promise<void> {
+    if (this.stopped) return;
+    const gen = ++this.generation;
+    if (this._state !== "reconnecting" || this.attempt === 0) {
+      this.setState(this._state === "connecting" ? "connecting" : "reconnecting", {});
+    }
+    let token: string;
+    let base: string;
+    this.clearTimer(this.attemptTimer);
+    this.attemptTimer = this.timers.setTimeout(() => {
+      this.attemptTimer = undefined;
+      if (gen !== this.generation || this.stopped) return;
+      this.generation++; // abandon the attempt; a late answer is ignored
+      this.emitError(new RoomcastError("token_provider", `the token or URL provider did not answer within ${this.connectTimeoutMs} ms`));
+      this.scheduleRetry({ reason: "token provider timed out" });
+    }, this.connectTimeoutMs);
+    try {
+      const t = typeof this.token === "string" ? this.token : await this.token({ room: this.room, reason: this.tokenReason, attempt: this.attempt });
+      if (typeof t !== "string" || t.length === 0) throw new TypeError("the token provider returned no token");
+      token = t;
+      base = String(typeof this.url === "function" ? await this.url() : this.url);
+    } catch (err) {
+      if (gen !== this.generation || this.stopped) return;
+      this.clearTimer(this.attemptTimer);
+      this.attemptTimer = undefined;
+      this.emitError(new RoomcastError("token_provider", `could not get a token or URL: ${errorMessage(err)}`, { cause: err }));
+      this.scheduleRetry({ reason: "token provider failed" });
+      return;
+    }
+    if (gen !== this.generation || this.stopped) return;
+    this.clearTimer(this.attemptTimer);
+    this.attemptTimer = undefined;
+
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.endpoint(base), [SUBPROTOCOL, `roomcast.bearer.${token}`]);
+    } catch (err) {
+      this.emitError(new RoomcastError("handshake", `could not open a WebSocket: ${errorMessage(err)}`, { cause: err }));
+      this.scheduleRetry({ reason: "WebSocket constructor failed" });
+      return;
+    }
+    const conn: Conn = { ws, welcomed: false, inflight: [] };
+    this.conn = conn;
+    ws.addEventListener("message", (ev: { data?: unknown }) => this.onData(conn, ev.data));
+    ws.addEventListener("close", (ev: { code?: number; reason?: string }) => this.onLost(conn, ev.code ?? 1006, ev.reason || "closed"));
+    ws.addEventListener("error", (ev: { message?: string; error?: { message?: string } }) => {
+      const message = ev?.message ?? ev?.error?.message ?? "WebSocket error";
+      const status = /Unexpected server response: (\d{3})/.exec(message);
+      this.onLost(conn, 1006, message, status ? Number(status[1]) : undefined);
+    });
+    conn.connectTimer = this.timers.setTimeout(() => this.onLost(conn, 1006, "timed out waiting for welcome"), this.connectTimeoutMs);
+  }
+
+  private endpoint(base: string): string {
+    const u = new URL(base);
+    if (u.protocol === "http:") u.protocol = "ws:";
+    else if (u.protocol === "https:") u.protocol = "wss:";
+    // Room names are [A-Za-z0-9_.:-] (checked in the constructor): path-safe as they are,
+    // and the server matches the raw segment, so they must not be percent-encoded.
+    u.pathname = `${u.pathname.replace(/\/+$/, "")}/v1/rooms/${this.room}/ws`;
+    if (this._epoch !== null) {
+      u.searchParams.set("since", String(this.lastSeq));
+      u.searchParams.set("epoch", this._epoch);
+    }
+    if (this.tenant !== undefined) u.searchParams.set("tenant", this.tenant);
+    return u.toString();
+  }
+
+  /** The connection ended (close, error, timeout). Decides whether and when to retry. */
+  private onLost(conn: Conn, code: number, reason: string, httpStatus?: number): void {
+    if (this.conn !== conn) return;
+    this.teardown(conn, reason);
+    if (this.stopped) return;
+    const action: CloseAction = httpStatus !== undefined ? handshakePolicy(httpStatus) : closePolicy(code, false);
+    const what = httpStatus !== undefined ? `upgrade rejected with HTTP ${httpStatus}` : `closed with ${code}${reason ? ` (${reason})` : ""}`;
+    if (action === "stop" || (action === "refresh_token" && typeof this.token === "string")) {
+      const err = new RoomcastError(httpStatus !== undefined ? "handshake" : "close", `connection ${what}; not reconnecting`, {
+        fatal: true,
+        closeCode: code,
+        ...(httpStatus !== undefined ? { status: httpStatus } : {}),
+      });
+      this.stop(err, { code, reason }, undefined, undefined);
+      return;
+    }
+    if (action === "refresh_token") this.tokenReason = "expired";
+    else if (this.tokenReason !== "expired") this.tokenReason = "reconnect";
+    this.scheduleRetry({ code, reason: httpStatus !== undefined ? what : reason });
+  }
+
+  /**
+   * Forgets a connection: its timers, its socket, its in-flight publishes (re-queued).
+   * The socket is closed with `graceful` when given, else dropped without waiting for a
+   * closing handshake that a dead peer would never complete.
+   */
+  private teardown(conn: Conn, reason: string, graceful?: number): void {
+    if (this.conn === conn) this.conn = null;
+    for (const t of [conn.connectTimer, conn.pingTimer, conn.pongTimer, conn.stableTimer]) this.clearTimer(t);
+    for (const e of conn.inflight) if (this.outbox.get(e.id) === e) e.status = "queued";
+    conn.inflight = [];
+    const ws = conn.ws as WebSocketLike & { terminate?: () => void };
+    try {
+      if (ws.readyState === 0 || ws.readyState === OPEN) {
+        if (graceful !== undefined) ws.close(graceful, reason.slice(0, 100));
+        else if (typeof ws.terminate === "function") ws.terminate();
+        else ws.close(4000, reason.slice(0, 100));
+      }
+    } catch {
+      /* already gone */
+    }
+  }
+
+  private scheduleRetry(detail: { code?: number; reason?: string }): void {
+    const delayMs = backoffDelay(this.attempt, this.baseMs, this.capMs, this.random);
+    this.attempt++;
+    this.setState("reconnecting", { ...detail, delayMs });
+    this.clearTimer(this.retryTimer);
+    this.retryTimer = this.timers.setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.attemptConnect();
+    }, delayMs);
+  }
+
+  /** Terminal: no more connections, every pending publish rejects. */
+  private stop(err: RoomcastError, detail: { code?: number; reason?: string }, closeCode: number | undefined, closeReason: string | undefined): void {
+    this.stopped = true;
+    this.generation++;
+    this.clearTimer(this.retryTimer);
+    this.clearTimer(this.pauseTimer);
+    this.clearTimer(this.attemptTimer);
+    this.retryTimer = this.pauseTimer = this.attemptTimer = undefined;
+    if (this.conn) this.teardown(this.conn, closeReason ?? "closed", closeCode);
+    const entries = Array.from(this.outbox.values());
+    this.outbox.clear();
+    const rejection = err.code === "closed" ? err : new RoomcastError("closed", `the client stopped: ${err.message}`, { cause: err });
+    for (const e of entries) for (const w of e.waiters) w.reject(rejection);
+    if (err.fatal) this.emitError(err);
+    this.setState("closed", { ...detail, ...(err.fatal ? { error: err } : {}) });
+  }
+
+  // ---- frames --------------------------------------------------------------------
+
+  private onData(conn: Conn, data: unknown): void {
+    if (this.conn !== conn) return;
+    if (typeof data !== "string") return; // the server sends text only
+    if (data === "pong") {
+      this.clearTimer(conn.pongTimer);
+      conn.pongTimer = undefined;
+      return;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(data);
+    } catch {
+      this.emitError(new RoomcastError("bad_server_frame", `the server sent a frame that is not JSON: ${data.slice(0, 100)}`));
+      return;
+    }
+    for (const frame of Array.isArray(parsed) ? parsed : [parsed]) {
+      if (this.conn !== conn) return; // a listener closed or reconnected
+      if (!frame || typeof frame !== "object") continue;
+      const f = frame as { type?: unknown };
+      if (f.type === "welcome") this.onWelcome(conn, frame as WelcomeFrame);
+      else if (!conn.welcomed) continue;
+      else if (f.type === "message") this.onMessage(frame as MessageFrame);
+      else if (f.type === "ack") this.onAck(conn, frame as AckFrame);
+      else if (f.type === "error") this.onErrorFrame(conn, frame as ErrorFrame);
+      else if (f.type === "presence") this.onPresence(frame as PresenceFrame);
+      // Unknown types are ignored (forward compatibility).
+    }
+  }
+
+  private onWelcome(conn: Conn, w: WelcomeFrame): void {
+    if (conn.welcomed) return;
+    conn.welcomed = true;
+    conn.id = w.conn;
+    this.clearTimer(conn.connectTimer);
+    this.myConns.push(w.conn);
+    if (this.myConns.length > MAX_REMEMBERED_CONNS) this.myConns.shift();
+    this._user = w.user;
+
+    const previousEpoch = this._epoch;
+    const previousSeq = this.lastSeq;
+    let resync: ResyncEvent | null = null;
+    if (previousEpoch === null) {
+      this._epoch = w.epoch;
+      this.lastSeq = w.seq;
+    } else if (!w.resume?.recovered) {
+      this._epoch = w.epoch;
+      this.lastSeq = w.seq;
+      this.ownSeqs.clear();
+      resync = {
+        reason: w.epoch !== previousEpoch ? "epoch_changed" : "not_recovered",
+        epoch: w.epoch,
+        seq: w.seq,
+        previousEpoch,
+        previousSeq,
+      };
+    }
+    // Recovered: keep lastSeq; the missed messages follow in order.
+
+    this.tokenReason = "reconnect";
+    this.window = this.maxInFlight; // a new connection starts with a full rate-limit bucket
+    conn.stableTimer = this.timers.setTimeout(() => {
+      if (this.conn === conn) this.attempt = 0;
+    }, this.stableMs);
+    this.startHeartbeat(conn);
+
+    this.members.clear();
+    for (const u of w.presence?.users ?? []) this.members.set(u.user, u.info);
+
+    this.emit("welcome", w);
+    if (this.conn !== conn) return;
+    if (resync) this.emit("resync", resync);
+    if (this.conn !== conn) return;
+    const users: PresenceUser[] = w.presence?.users ?? [];
+    this.emit("presence", { op: "sync", count: w.presence?.count ?? users.length, users });
+    if (this.conn !== conn) return;
+    this.setState("open", {});
+    this.pump();
+  }
+
+  private onMessage(m: MessageFrame): void {
+    if (typeof m.seq !== "number" || m.seq <= this.lastSeq || this.ownSeqs.has(m.seq)) return; // seen
+    const own = m.from !== null && m.from !== undefined && this.myConns.includes(m.from.conn);
+    const entry = own ? this.outbox.get(m.id) : undefined;
+    const previousSeq = this.lastSeq;
+    this.lastSeq = m.seq;
+    this.advance();
+    if (m.seq !== previousSeq + 1) {
+      this.emit("resync", {
+        reason: "gap",
+        epoch: this._epoch ?? "",
+        seq: m.seq,
+        previousEpoch: this._epoch,
+        previousSeq,
+        missed: { from: previousSeq + 1, to: m.seq - 1 },
+      });
+    }
+    // Our own publish, seen in a replay (or echoed): that is its answer.
+    if (entry) this.settle(entry, { id: entry.id, seq: m.seq, duplicate: false });
+    if (!own || (entry ? entry.echo : this.echo)) this.emit("message", m);
+  }
+
+  private onAck(conn: Conn, a: AckFrame): void {
+    const entry = this.outbox.get(a.id);
+    if (entry) this.unflight(conn, entry);
+    if (this.window < this.maxInFlight) this.window++;
+    // Not echoed to us: account for its seq so the next message is not a "gap".
+    if (!a.duplicate && typeof a.seq === "number" && a.seq > this.lastSeq) {
+      this.ownSeqs.add(a.seq);
+      this.advance();
+    }
+    if (entry) this.settle(entry, { id: a.id, seq: a.seq, duplicate: !!a.duplicate });
+    else this.pump();
+  }
+
+  private onErrorFrame(conn: Conn, f: ErrorFrame): void {
+    if (f.code === "token_expired") {
+      // The server closes with 4001 right after this frame. Act on the frame: the close
+      // event can trail it by many seconds (it waits for the server's TCP close), and the
+      // publish it names (if any) stays queued for the next connection.
+      this.emitError(new RoomcastError("token_expired", f.message ?? "token expired", { ...(f.id ? { id: f.id } : {}) }));
+      this.onLost(conn, 4001, "token_expired");
+      return;
+    }
+    let entry = f.id ? this.outbox.get(f.id) : undefined;
+    if (!f.id && (f.code === "too_large" || f.code === "bad_frame")) {
+      // Rejected before the server could read an id: answers come in send order, so it
+      // is the oldest unanswered publish on this connection.
+      entry = conn.inflight[0];
+    }
+    if (!entry) {
+      this.emitError(new RoomcastError(f.code, f.message ?? f.code, { ...(f.id ? { id: f.id } : {}) }));
+      return;
+    }
+    this.unflight(conn, entry);
+    if (!RETRYABLE_PUBLISH_ERRORS.has(f.code) || (f.code === "internal" && ++entry.failures > this.maxRetries)) {
+      this.fail(entry, new RoomcastError(f.code, f.message ?? f.code, { id: entry.id }));
+      return;
+    }
+    entry.status = "queued";
+    if (f.code === "rate_limited") {
+      // Back off and send one at a time until acks come back: a full window of rejected
+      // publishes is what the server punishes with 4008.
+      this.window = 1;
+      const wait = typeof f.retry_after_ms === "number" && f.retry_after_ms >= 0 ? f.retry_after_ms : backoffDelay(0, this.baseMs, this.capMs, this.random);
+      this.pause(wait);
+    } else if (f.code === "internal") {
+      this.pause(backoffDelay(entry.failures - 1, this.baseMs, this.capMs, this.random));
+    }
+  }
+
+  private onPresence(p: PresenceFrame): void {
+    if (p.op === "join") this.members.set(p.user, p.info);
+    else if (p.op === "leave") this.members.delete(p.user);
+    else return;
+    this.emit("presence", { op: p.op, user: p.user, info: p.info });
+  }
+
+  /** Moves `lastSeq` over our own acknowledged seqs that are now contiguous. */
+  private advance(): void {
+    while (this.ownSeqs.delete(this.lastSeq + 1)) this.lastSeq++;
+    for (const s of this.ownSeqs) if (s <= this.lastSeq) this.ownSeqs.delete(s);
+  }
+
+  // ---- outbox --------------------------------------------------------------------
+
+  /** Sends queued publishes, oldest first, while the connection is open and not paused. */
+  private pump(): void {
+    const conn = this.conn;
+    if (!conn || !conn.welcomed || this.pauseTimer !== undefined || this.stopped) return;
+    for (const entry of this.outbox.values()) {
+      if (conn.inflight.length >= this.window || conn.ws.readyState !== OPEN) return;
+      if (entry.status !== "queued") continue;
+      try {
+        conn.ws.send(entry.frame);
+      } catch {
+        return; // the socket is failing; its close event re-queues and reconnects
+      }
+      entry.status = "inflight";
+      conn.inflight.push(entry);
+    }
+  }
+
+  /** Stops sending for `ms` (rate limited), then resumes. */
+  private pause(ms: number): void {
+    if (this.pauseTimer !== undefined) return;
+    this.pauseTimer = this.timers.setTimeout(() => {
+      this.pauseTimer = undefined;
+      this.pump();
+    }, ms);
+  }
+
+  private unflight(conn: Conn, entry: Entry): void {
+    const i = conn.inflight.indexOf(entry);
+    if (i >= 0) conn.inflight.splice(i, 1);
+  }
+
+  private settle(entry: Entry, result: PublishResult): void {
+    if (this.outbox.get(entry.id) !== entry) return;
+    this.outbox.delete(entry.id);
+    if (this.conn) this.unflight(this.conn, entry);
+    for (const w of entry.waiters) w.resolve(result);
+    this.pump();
+  }
+
+  private fail(entry: Entry, err: RoomcastError): void {
+    if (this.outbox.get(entry.id) !== entry) return;
+    this.outbox.delete(entry.id);
+    if (this.conn) this.unflight(this.conn, entry);
+    for (const w of entry.waiters) w.reject(err);
+    this.pump();
+  }
+
+  // ---- heartbeat -----------------------------------------------------------------
+
+  private startHeartbeat(conn: Conn): void {
+    if (this.pingMs <= 0) return;
+    const tick = () => {
+      if (this.conn !== conn) return;
+      try {
+        if (conn.ws.readyState === OPEN) conn.ws.send("ping");
+      } catch {
+        /* the close event follows */
+      }
+      if (conn.pongTimer === undefined) {
+        conn.pongTimer = this.timers.setTimeout(() => this.onLost(conn, 1006, "no pong: connection presumed dead"), this.pongMs);
+      }
+      conn.pingTimer = this.timers.setTimeout(tick, this.pingMs);
+    };
+    conn.pingTimer = this.timers.setTimeout(tick, this.pingMs);
+  }
+
+  // ---- helpers -------------------------------------------------------------------
+
+  private setState(state: ConnectionState, detail: Partial<StateDetail>): void {
+    const previous = this._state;
+    this._state = state;
+    this.emit("state", state, { ...detail, state, previous, attempt: this.attempt });
+  }
+
+  private emitError(err: RoomcastError): void {
+    this.emit("error", err);
+  }
+
+  protected override listenerFailed(event: string, err: unknown): void {
+    if (event === "error") {
+      console.error(err);
+      return;
+    }
+    this.emitError(new RoomcastError("listener", `a "${event}" listener threw: ${errorMessage(err)}`, { cause: err }));
+  }
+
+  private closedError(): RoomcastError {
+    return new RoomcastError("closed", "the client is closed");
+  }
+
+  private clearTimer(handle: unknown): void {
+    if (handle !== undefined) this.timers.clearTimeout(handle);
+  }
+}
+
+function positive(value: number | undefined, fallback: number): number {
+  return typeof value === "number" && value > 0 && Number.isFinite(value) ? value : fallback;
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,116 @@
+// Pure policy: backoff, what a close code or a failed handshake means, and errors.
+// Exported so applications (and tests) can see exactly what the client will do.
+
+/** What to do after a connection ends. */
+export type CloseAction = "reconnect" | "refresh_token" | "stop";
+
+/**
+ * Exponential backoff with full jitter: a uniformly random delay in
+ * `[0, min(capMs, baseMs · 2^attempt))`, where `attempt` counts consecutive failures from 0.
+ */
+export function backoffDelay(attempt: number, baseMs = 500, capMs = 30_000, random: () => number = Math.random): number {
+  const ceiling = Math.min(capMs, baseMs * Math.pow(2, Math.max(0, attempt)));
+  const r = Math.min(Math.max(random(), 0), 1 - Number.EPSILON);
+  return Math.floor(r * ceiling);
+}
+
+/**
+ * The close-code policy (docs/protocol.md §5):
+ *
+ * * 4001 (token expired) → get a fresh token, reconnect;
+ * * 1000 that we initiated, 1009 (too big), 4400–4999 → terminal;
+ * * everything else — 1001, 1005, 1006 (abnormal, no close frame), 1011, 1012–1014,
+ *   4000–4399, an unsolicited 1000 — → reconnect with backoff.
+ *
+ * An unsolicited 1000 is retried rather than obeyed: the server never sends one on its own,
+ * so it comes from an intermediary or a shutting-down runtime, and stopping would leave
+ * the application silently offline.
+ */
+export function closePolicy(code: number, initiatedByUs = false): CloseAction {
+  if (code === 4001) return "refresh_token";
+  if (code === 1000) return initiatedByUs ? "stop" : "reconnect";
+  if (code === 1009) return "stop";
+  if (code >= 4400 && code <= 4999) return "stop";
+  return "reconnect";
+}
+
+/**
+ * What an HTTP rejection of the upgrade means (§4), when the WebSocket implementation
+ * exposes the status (`ws` does; browsers do not, and report only close code 1006):
+ * 401 → fresh token; 400, 403, 404, 426 → terminal; 429 and 5xx → back off and retry.
+ */
+export function handshakePolicy(status: number): CloseAction {
+  if (status === 401) return "refresh_token";
+  if (status === 400 || status === 403 || status === 404 || status === 426) return "stop";
+  return "reconnect";
+}
+
+/** Publish error codes after which the publish is tried again instead of rejected. */
+export const RETRYABLE_PUBLISH_ERRORS: ReadonlySet<string> = new Set(["rate_limited", "token_expired", "internal"]);
+
+/** Event ids and room names (§3, §5). */
+export const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/**
+ * Every error the client reports: rejected publishes, the `error` event and the `closed`
+ * state. `code` is the server's `error.code` or one of the client's own:
+ * `closed`, `outbox_full`, `bad_data`, `token_provider`, `handshake`, `close`,
+ * `bad_server_frame`, `listener`.
+ */
+export class RoomcastError extends Error {
+  readonly code: string;
+  /** True when the client has stopped because of this error. */
+  readonly fatal: boolean;
+  /** The publish this error is about. */
+  readonly id?: string;
+  /** The close code, for errors caused by a closed connection. */
+  readonly closeCode?: number;
+  /** The HTTP status of a rejected upgrade, when known. */
+  readonly status?: number;
+  readonly retryAfterMs?: number;
+  readonly cause?: unknown;
+
+  constructor(
+    code: string,
+    message: string,
+    extra: { fatal?: boolean; id?: string; closeCode?: number; status?: number; retryAfterMs?: number; cause?: unknown } = {},
+  ) {
+    super(message);
+    this.name = "RoomcastError";
+    this.code = code;
+    this.fatal = extra.fatal ?? false;
+    if (extra.id !== undefined) this.id = extra.id;
+    if (extra.closeCode !== undefined) this.closeCode = extra.closeCode;
+    if (extra.status !== undefined) this.status = extra.status;
+    if (extra.retryAfterMs !== undefined) this.retryAfterMs = extra.retryAfterMs;
+    if (extra.cause !== undefined) this.cause = extra.cause;
+  }
+}
+
+/** UTF-8 length of a string, without allocating. */
+export function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4;
+      i++;
+    } else n += 3;
+  }
+  return n;
+}
+
+/** A random UUID v4: `crypto.randomUUID` where available (secure contexts), else `getRandomValues`. */
+export function randomId(): string {
+  const c = (globalThis as { crypto?: Crypto }).crypto;
+  if (c && typeof c.randomUUID === "function") return c.randomUUID();
+  const b = new Uint8Array(16);
+  if (c && typeof c.getRandomValues === "function") c.getRandomValues(b);
+  else for (let i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}

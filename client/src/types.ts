@@ -1,0 +1,220 @@
+// Wire frames (docs/protocol.md §5) and the SDK's public types.
+
+/** A user in a room, as listed by `welcome.presence` and `presence` frames. */
+export interface PresenceUser {
+  user: string;
+  /** The token's `info` claim (`{}` when it had none). */
+  info: unknown;
+}
+
+/** First frame on every connection. */
+export interface WelcomeFrame {
+  type: "welcome";
+  room: string;
+  /** This connection's id; `from.conn` of the messages it publishes. */
+  conn: string;
+  /** The token's `sub`. */
+  user: string;
+  /** Identifies the room's log; changes only if the room's storage was lost. */
+  epoch: string;
+  /** The room's last `seq` when this connection was accepted. */
+  seq: number;
+  resume: { requested: boolean; recovered: boolean; replayed: number };
+  presence: { count: number; users: PresenceUser[] };
+}
+
+/** A message fanned out by the room. */
+export interface MessageFrame<T = unknown> {
+  type: "message";
+  /** Per-room sequence: 1, 2, 3, … without gaps. */
+  seq: number;
+  /** The publisher's event id (stable across its retries). */
+  id: string;
+  event: string;
+  data: T;
+  /** `null` for messages published by a backend through the HTTP API. */
+  from: { user: string; conn: string } | null;
+  /** Server time of acceptance, milliseconds since the epoch. */
+  ts: number;
+}
+
+export interface AckFrame {
+  type: "ack";
+  id: string;
+  seq: number;
+  duplicate: boolean;
+}
+
+export interface ErrorFrame {
+  type: "error";
+  id?: string | null;
+  code: string;
+  message: string;
+  retry_after_ms?: number;
+}
+
+export interface PresenceFrame {
+  type: "presence";
+  op: "join" | "leave";
+  user: string;
+  info: unknown;
+}
+
+export type ServerFrame = WelcomeFrame | MessageFrame | AckFrame | ErrorFrame | PresenceFrame;
+
+/**
+ * `connecting`: first attempt under way. `open`: `welcome` received, publishes flow.
+ * `reconnecting`: the connection was lost (or an attempt failed) and another is scheduled
+ * or under way. `closed`: terminal, after `close()` or a terminal close code.
+ */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** Second argument of the `state` event. */
+export interface StateDetail {
+  state: ConnectionState;
+  previous: ConnectionState;
+  /** Consecutive failed attempts so far (0 once a connection has been stable). */
+  attempt: number;
+  /** For `reconnecting`: how long until the next attempt. */
+  delayMs?: number;
+  /** The close code that ended the previous connection, when there was one. */
+  code?: number;
+  /** Why the previous connection ended or the attempt failed. */
+  reason?: string;
+  /** The error that made the client stop (`closed` after a terminal condition). */
+  error?: Error;
+}
+
+/** `presence` event: a snapshot on every (re)connect, then joins and leaves. */
+export type PresenceEvent =
+  | { op: "sync"; count: number; users: PresenceUser[] }
+  | { op: "join" | "leave"; user: string; info: unknown };
+
+/**
+ * `resync` event: the client can no longer guarantee it saw every message since the last
+ * one it delivered; reload state from your own source of truth (or the history API).
+ */
+export interface ResyncEvent {
+  /**
+   * `epoch_changed`: the room's storage was lost; `not_recovered`: too far behind to
+   * replay; `gap`: a live message skipped sequence numbers (e.g. a backend publish with
+   * `exclude_conn` naming this connection).
+   */
+  reason: "epoch_changed" | "not_recovered" | "gap";
+  /** The epoch and seq the client continues from. */
+  epoch: string;
+  seq: number;
+  /** What the client had seen before. */
+  previousEpoch: string | null;
+  previousSeq: number;
+  /** For `gap`: the sequence numbers that were never received. */
+  missed?: { from: number; to: number };
+}
+
+/** What a publish resolves with. */
+export interface PublishResult {
+  id: string;
+  seq: number;
+  /**
+   * The server's answer: `true` when this id had already been accepted (it was then not
+   * delivered again). After a connection loss this can mean an earlier attempt of this
+   * very publish got through before the acknowledgement was lost.
+   */
+  duplicate: boolean;
+}
+
+export interface PublishOptions {
+  /** Event id, `[A-Za-z0-9_.:-]{1,128}`; `crypto.randomUUID()` when omitted. */
+  id?: string;
+  /** Whether this client also receives the message (defaults to the client's `echo`). */
+  echo?: boolean;
+}
+
+/** Passed to a token provider on every connection attempt. */
+export interface TokenContext {
+  room: string;
+  /**
+   * `connect`: first attempt; `reconnect`: after a connection loss; `expired`: the server
+   * said the token expired (close 4001 or HTTP 401): do not return a cached token.
+   */
+  reason: "connect" | "reconnect" | "expired";
+  /** Consecutive failed attempts so far. */
+  attempt: number;
+}
+
+export type TokenProvider = (ctx: TokenContext) => string | Promise<string>;
+export type UrlProvider = () => string | URL | Promise<string | URL>;
+
+/** The part of the WHATWG WebSocket the client uses (browsers, `ws`, Deno, Workers, undici). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: string, listener: (event: any) => void): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Timer functions, injectable so tests can drive time. */
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: any): void;
+}
+
+export interface BackoffOptions {
+  /** First retry waits up to this long (full jitter). Default 500. */
+  baseMs?: number;
+  /** Longest wait. Default 30 000. */
+  capMs?: number;
+  /** A connection open this long resets the backoff. Default 10 000. */
+  stableMs?: number;
+}
+
+export interface HeartbeatOptions {
+  /** How often to send `ping`. Default 25 000. */
+  intervalMs?: number;
+  /** How long to wait for `pong` before declaring the connection dead. Default 10 000. */
+  timeoutMs?: number;
+}
+
+export interface RoomcastOptions {
+  /**
+   * Base URL of the Worker, e.g. `wss://rooms.example.com` (`http(s)` is turned into
+   * `ws(s)`; a path prefix is kept). A function is called on every connection attempt.
+   */
+  url: string | URL | UrlProvider;
+  /** Room name, `[A-Za-z0-9_.:-]{1,128}`. */
+  room: string;
+  /** A JWT, or a function returning one (sync or async), called on every attempt. */
+  token: string | TokenProvider;
+  /** Sent as `?tenant=`; must then equal the token's `tenant`. */
+  tenant?: string;
+  /** WebSocket implementation; defaults to `globalThis.WebSocket`. */
+  WebSocket?: WebSocketConstructor;
+  /** Whether this client receives its own messages (default false, as on the wire). */
+  echo?: boolean;
+  /** Start from a known position: the first connection then asks the server to resume. */
+  resume?: { epoch: string; seq: number };
+  /** Most publishes held (queued or unacknowledged). Default 1000. */
+  maxOutbox?: number;
+  /**
+   * Most publishes sent and not yet answered on one connection. Default 32 (keep it below
+   * the server's RATE_LIMIT_BURST). After a `rate_limited` error the client sends one at a
+   * time and widens again by one per acknowledgement.
+   */
+  maxInFlight?: number;
+  /** Largest publish frame in UTF-8 bytes (the server's MAX_MESSAGE_BYTES). Default 65 536. */
+  maxMessageBytes?: number;
+  /** A publish failing with `internal` is retried this many times. Default 5. */
+  maxRetries?: number;
+  /** Time allowed from creating a socket to receiving `welcome`. Default 15 000. */
+  connectTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  /** `false` disables the heartbeat. */
+  heartbeat?: HeartbeatOptions | false;
+  timers?: Timers;
+  /** Random source in [0, 1) for the jitter. Default `Math.random`. */
+  random?: () => number;
+  /** Id generator for publishes without an id. Default `crypto.randomUUID()`. */
+  generateId?: () => string;
+}
