@@ -503,16 +503,8 @@ async fn history(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<R
             rpc::MAX_HISTORY_PAGE
         )));
     }
-    let forward = internal_request(
-        &format!("{}?since={since}&limit={limit}", rpc::path::HISTORY),
-        Method::Get,
-        Headers::new(),
-        None,
-    )?;
-    room_stub(env, tenant.as_deref(), room)?
-        .fetch_with_request(forward)
-        .await
-        .map_err(internal)
+    let path = format!("{}?since={since}&limit={limit}", rpc::path::HISTORY);
+    room_get(env, tenant.as_deref(), room, &path).await
 }
 
 #[derive(Deserialize)]
@@ -548,13 +540,19 @@ async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Resp
     check_room(room)?;
     let (config, verifier) = load(env)?;
     let (tenant, _) = server_auth(&mut req, url, &config, &verifier).await?;
-    let forward = internal_request(
+    room_get(
+        env,
+        tenant.as_deref(),
+        room,
         &format!("{}?room={room}", rpc::path::INFO),
-        Method::Get,
-        Headers::new(),
-        None,
-    )?;
-    room_stub(env, tenant.as_deref(), room)?
+    )
+    .await
+}
+
+/// Forwards a read-only request to a room and returns its answer as is.
+async fn room_get(env: &Env, tenant: Option<&str>, room: &str, path: &str) -> Result<Response> {
+    let forward = internal_request(path, Method::Get, Headers::new(), None)?;
+    room_stub(env, tenant, room)?
         .fetch_with_request(forward)
         .await
         .map_err(internal)

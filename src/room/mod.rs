@@ -345,14 +345,10 @@ impl Room {
 
         // Presence is per user: announce a join only for the user's first socket.
         if existing == 0 {
-            let info = session.info_raw();
-            let frame = ServerFrame::Presence {
-                op: PresenceOp::Join,
-                user: &c.user,
-                info: &info,
-            }
-            .to_json();
-            self.fan_out(&frame, Some(&pair.server));
+            self.fan_out(
+                &presence_frame(PresenceOp::Join, &session),
+                Some(&pair.server),
+            );
         }
 
         // Resume is decided and replayed inside this synchronous handler, before the
@@ -684,16 +680,20 @@ impl Room {
             .filter(|other| *other != ws && Session::of(other).is_some_and(|s| !s.gone))
             .count();
         if others == 0 {
-            let info = session.info_raw();
-            let frame = ServerFrame::Presence {
-                op: PresenceOp::Leave,
-                user: &session.user,
-                info: &info,
-            }
-            .to_json();
-            self.fan_out(&frame, Some(ws));
+            self.fan_out(&presence_frame(PresenceOp::Leave, &session), Some(ws));
         }
     }
+}
+
+/// The `presence` frame announcing a user's first socket or last departure.
+fn presence_frame(op: PresenceOp, session: &Session) -> String {
+    let info = session.info_raw();
+    ServerFrame::Presence {
+        op,
+        user: &session.user,
+        info: &info,
+    }
+    .to_json()
 }
 
 /// Distinct users in socket order, each with its first session.
