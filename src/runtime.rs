@@ -8,7 +8,9 @@ use crate::error::Error;
 
 /// Milliseconds since the unix epoch, from the runtime's clock.
 pub fn now_ms() -> i64 {
-    worker::Date::now().as_millis() as i64
+    // `Date.now()` directly: `worker::Date::now()` allocates a JS `Date` object per call,
+    // which showed up in the publish-path profile (docs/performance.md).
+    worker::js_sys::Date::now() as i64
 }
 
 /// A random id: `prefix` + 16 lowercase hex digits (64 bits, so collisions within a room

@@ -218,14 +218,8 @@ impl DurableObject for Room {
         let now = now_ms() / 1000;
         let mut closed = 0usize;
         let mut next: Option<i64> = None;
-        let sockets = self.sockets.with(&self.state, <[WebSocket]>::to_vec);
-        for ws in sockets {
-            let Some(session) = Session::of(&ws) else {
-                continue;
-            };
-            if session.gone {
-                continue;
-            }
+        let sockets = self.sockets.with(&self.state, <[_]>::to_vec);
+        for (ws, session) in sockets {
             if session.expired(now + EXPIRY_COALESCE_SECS) {
                 send(&ws, &error_frame(None, &Error::TokenExpired));
                 let _ = ws.close(Some(close::TOKEN_EXPIRED), Some("token_expired"));
@@ -311,12 +305,9 @@ impl Room {
             .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
 
         let user_tag = format!("{USER_TAG}{}", c.user);
-        let existing = self
-            .state
-            .get_websockets_with_tag(&user_tag)
-            .iter()
-            .filter(|ws| Session::of(ws).is_some_and(|s| !s.gone))
-            .count();
+        let existing = self.sockets.with(&self.state, |list| {
+            list.iter().filter(|(_, s)| s.user == c.user).count()
+        });
         if existing >= self.limits.max_connections_per_user as usize {
             return Err(Error::TooManyConnections(format!(
                 "user {:?} already has {existing} sockets in this room; MAX_CONNECTIONS_PER_USER is {}",
@@ -341,7 +332,7 @@ impl Room {
         pair.server
             .serialize_attachment(&session)
             .map_err(internal)?;
-        self.sockets.added(&pair.server);
+        self.sockets.added(&pair.server, &session);
 
         // Presence is per user: announce a join only for the user's first socket.
         if existing == 0 {
@@ -414,10 +405,7 @@ impl Room {
     /// Every open socket's session (sockets without one, or already gone, are skipped).
     fn sessions(&self) -> Vec<Session> {
         self.sockets.with(&self.state, |list| {
-            list.iter()
-                .filter_map(Session::of)
-                .filter(|s| !s.gone)
-                .collect()
+            list.iter().map(|(_, s)| s.clone()).collect()
         })
     }
 
@@ -641,7 +629,7 @@ impl Room {
         let mut delivered = 0;
         let mut dead = Vec::new();
         self.sockets.with(&self.state, |list| {
-            for ws in list {
+            for (ws, _) in list {
                 if skip == Some(ws) {
                     continue;
                 }
@@ -672,13 +660,10 @@ impl Room {
         session.gone = true;
         let _ = ws.serialize_attachment(&session);
         self.conns.borrow_mut().remove(&session.conn);
-        let tag = format!("{USER_TAG}{}", session.user);
-        let others = self
-            .state
-            .get_websockets_with_tag(&tag)
-            .iter()
-            .filter(|other| *other != ws && Session::of(other).is_some_and(|s| !s.gone))
-            .count();
+        // `ws` was removed from the cache above, so this counts the user's other sockets.
+        let others = self.sockets.with(&self.state, |list| {
+            list.iter().filter(|(_, s)| s.user == session.user).count()
+        });
         if others == 0 {
             self.fan_out(&presence_frame(PresenceOp::Leave, &session), Some(ws));
         }
