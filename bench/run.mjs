@@ -1,0 +1,359 @@
+// The benchmark orchestrator: starts every peer (server pinned to core 0), runs every
+// scenario against it with the native load generator (pinned to core 1), and writes
+// bench/results/<timestamp>-<mode>.json, a table (stdout and .txt) and an SVG chart.
+// Run it through scripts/bench, which builds what it needs first.
+//
+//   node bench/run.mjs [--quick] [--peers rust,js-twin,...] [--scenarios ramp,fanout,...]
+//
+// Environment (set by scripts/bench): BENCH_LOADGEN, BENCH_NATIVE_SERVER (binaries),
+// BENCH_WORKER_DIR (snapshot of the product's build/), BENCH_WORKER_SOURCE (what it was
+// built from), BENCH_PARTYSERVER_BUNDLE (where to write the partyserver bundle).
+import { spawn, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, writeFileSync, rmSync, existsSync, statSync, readFileSync, mkdtempSync } from "node:fs";
+import { cpus, loadavg, release, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+import * as esbuild from "esbuild";
+import { renderTable } from "./table.mjs";
+import { renderSvg } from "./chart.mjs";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+process.chdir(root);
+
+// ------------------------------------------------------------------------------------
+// Options
+// ------------------------------------------------------------------------------------
+
+const args = process.argv.slice(2);
+const flag = (name) => args.includes(name);
+const option = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] ? args[i + 1] : fallback;
+};
+const mode = flag("--quick") ? "quick" : "full";
+const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
+const ALL_SCENARIOS = ["ramp", "fanout", "rooms", "http", "dedup"];
+const peers = option("--peers", ALL_PEERS.join(",")).split(",");
+const scenarios = option("--scenarios", ALL_SCENARIOS.join(",")).split(",");
+
+/** What each peer implements; a scenario a peer lacks is n/a for it. */
+const FEATURES = {
+  rust: { http: true, dedup: true, hibernation: true, path: "/v1/rooms/{room}/ws" },
+  "js-twin": { http: true, dedup: true, hibernation: true, path: "/v1/rooms/{room}/ws" },
+  partyserver: { http: false, dedup: false, hibernation: true, path: "/parties/chat/{room}" },
+  "node-ws": { http: true, dedup: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
+  native: { http: false, dedup: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
+};
+
+/**
+ * Scenario sizes. Quick fits in 10 minutes on 2 cores; full is the documented run.
+ * Fan-out publishes open-loop at `deliveries_per_sec ÷ N` messages per second, the same
+ * for every peer, so every peer is measured at the same offered load.
+ */
+const PLAN = {
+  quick: {
+    ramp: { n: 2000, idle: 12, idleNoHibernation: 2 },
+    fanout: { sizes: [10, 100, 1000], payloads: [100, 1024], dps: 20000, maxRate: 2000, duration: 3, warmup: 0.5 },
+    rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 2, warmup: 0.5, payload: 100 },
+    http: { sizes: [0, 100, 1000], concurrency: 8, duration: 2, warmup: 0.5, payload: 100 },
+    dedup: { receivers: 10, rate: 500, ratios: [0, 0.5], duration: 2, warmup: 0.5, payload: 100 },
+  },
+  full: {
+    ramp: { n: 5000, idle: 15, idleNoHibernation: 5 },
+    fanout: { sizes: [10, 100, 1000, 5000], payloads: [100, 1024], dps: 20000, maxRate: 2000, duration: 10, warmup: 2 },
+    rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 10, warmup: 2, payload: 100 },
+    http: { sizes: [0, 100, 1000], concurrency: 8, duration: 10, warmup: 2, payload: 100 },
+    dedup: { receivers: 10, rate: 500, ratios: [0, 0.5], duration: 10, warmup: 2, payload: 100 },
+  },
+}[mode];
+
+const LOADGEN = resolve(root, process.env.BENCH_LOADGEN ?? "target/bench/release/loadgen");
+const NATIVE_SERVER = resolve(root, process.env.BENCH_NATIVE_SERVER ?? "target/bench/release/native-server");
+const WORKER_DIR = resolve(root, process.env.BENCH_WORKER_DIR ?? "target/bench/worker");
+const PARTYSERVER_BUNDLE = resolve(root, process.env.BENCH_PARTYSERVER_BUNDLE ?? "target/bench/partyserver.mjs");
+const JWT_SECRET = "bench-jwt-" + randomBytes(16).toString("hex");
+const API_SECRET = "bench-api-" + randomBytes(16).toString("hex");
+
+// Server on core 0, load generator on core 1 (when there are two cores and taskset).
+const haveTaskset = (() => {
+  try {
+    execFileSync("taskset", ["-c", "0", "true"]);
+    return cpus().length >= 2;
+  } catch {
+    return false;
+  }
+})();
+const pin = (core, cmd) => (haveTaskset ? ["taskset", "-c", String(core), ...cmd] : cmd);
+
+// Miniflare keeps Durable Object SQLite files under the temp dir. On disk, every storage
+// commit pays an fsync and the output gate holds sends until it lands, so the numbers
+// would measure this VM's disk; tmpfs keeps them about CPU. (See docs/performance.md.)
+const storageRoot = existsSync("/dev/shm") ? mkdtempSync("/dev/shm/roomcast-bench-") : mkdtempSync(join(tmpdir(), "roomcast-bench-"));
+
+const log = (...a) => console.error(`[bench ${((Date.now() - t0) / 1000).toFixed(0).padStart(4)}s]`, ...a);
+const t0 = Date.now();
+
+// ------------------------------------------------------------------------------------
+// Peers
+// ------------------------------------------------------------------------------------
+
+/** The first line a peer prints (its address), failing fast if it exits first. */
+function firstLine(child, ms, what) {
+  return new Promise((done, reject) => {
+    const rl = createInterface({ input: child.stdout });
+    const timer = setTimeout(() => reject(new Error(`${what}: no ready line within ${ms} ms`)), ms);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${what}: exited with ${code} before it was ready`));
+    });
+    rl.once("line", (line) => {
+      clearTimeout(timer);
+      done(line);
+    });
+  });
+}
+
+async function startPeer(name) {
+  const env = {
+    ...process.env,
+    BENCH_JWT_SECRET: JWT_SECRET,
+    BENCH_API_SECRET: API_SECRET,
+    BENCH_WORKER_DIR: WORKER_DIR,
+    BENCH_PARTYSERVER_BUNDLE: PARTYSERVER_BUNDLE,
+    TMPDIR: storageRoot,
+  };
+  const cmd =
+    name === "native"
+      ? [NATIVE_SERVER, "--listen", "127.0.0.1:0"]
+      : name === "node-ws"
+        ? [process.execPath, "bench/peers/node-ws/server.mjs"]
+        : [process.execPath, "bench/peers/workerd.mjs", name];
+  const [bin, ...rest] = pin(0, cmd);
+  const child = spawn(bin, rest, { env, stdio: ["pipe", "pipe", "inherit"] });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  let line;
+  try {
+    line = JSON.parse(await firstLine(child, 60_000, name));
+  } catch (e) {
+    child.kill("SIGKILL");
+    e.startup = true;
+    throw e;
+  }
+  child.stdout.resume();
+  let port, pid;
+  if (line.url) {
+    port = new URL(line.url).port;
+    pid = line.pid;
+  } else {
+    port = String(line.listening).split(":").pop();
+    pid = child.pid; // taskset execs the server, so this is the server itself
+  }
+  if (!pid) throw new Error(`${name}: could not find the server process`);
+  return {
+    name,
+    child,
+    exited,
+    pid,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    path: FEATURES[name].path,
+  };
+}
+
+async function stopPeer(peer) {
+  peer.child.stdin.end();
+  peer.child.kill("SIGTERM");
+  const timer = setTimeout(() => peer.child.kill("SIGKILL"), 10_000);
+  await peer.exited;
+  clearTimeout(timer);
+}
+
+// ------------------------------------------------------------------------------------
+// Load generator
+// ------------------------------------------------------------------------------------
+
+let roomPrefix = 0;
+
+function loadgen(peer, sub, subArgs) {
+  const cmd = pin(1, [
+    LOADGEN,
+    "--ws-url", peer.wsUrl,
+    "--ws-path", peer.path,
+    "--http-url", peer.httpUrl,
+    "--server-pid", String(peer.pid),
+    "--prefix", `r${Date.now().toString(36)}${roomPrefix++}`,
+    sub,
+    ...subArgs.map(String),
+  ]);
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd[0], cmd.slice(1), {
+      env: { ...process.env, BENCH_JWT_SECRET: JWT_SECRET, BENCH_API_SECRET: API_SECRET },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (c) => (out += c));
+    // Phase markers are for bench/profile.mjs; pass anything else through.
+    createInterface({ input: child.stderr }).on("line", (line) => {
+      if (!line.startsWith("@phase")) process.stderr.write(line + "\n");
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 600_000);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(out));
+      } catch {
+        reject(new Error(`loadgen ${sub} exited ${code} without a result`));
+      }
+    });
+  });
+}
+
+function scenarioArgs(name, peer) {
+  const p = PLAN[name];
+  switch (name) {
+    case "ramp":
+      return ["--n", p.n, "--idle-secs", FEATURES[peer].hibernation ? p.idle : p.idleNoHibernation];
+    case "fanout":
+      return ["--sizes", p.sizes.join(","), "--payloads", p.payloads.join(","), "--deliveries-per-sec", p.dps, "--max-rate", p.maxRate, "--duration", p.duration, "--warmup", p.warmup];
+    case "rooms":
+      return ["--rooms", p.rooms, "--per-room", p.perRoom, "--rate-per-room", p.rate, "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
+    case "http":
+      return ["--sizes", p.sizes.join(","), "--concurrency", p.concurrency, "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
+    case "dedup":
+      return ["--receivers", p.receivers, "--rate", p.rate, "--ratios", p.ratios.join(","), "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
+  }
+  throw new Error(name);
+}
+
+function applicable(name, peer) {
+  if (name === "http") return FEATURES[peer].http;
+  if (name === "dedup") return FEATURES[peer].dedup;
+  return true;
+}
+
+// ------------------------------------------------------------------------------------
+// Main
+// ------------------------------------------------------------------------------------
+
+function describeMachine() {
+  const read = (cmd, a) => {
+    try {
+      return execFileSync(cmd, a, { encoding: "utf8" }).trim();
+    } catch {
+      return null;
+    }
+  };
+  return {
+    cores: cpus().length,
+    cpu_model: cpus()[0]?.model,
+    kernel: release(),
+    node: process.version,
+    workerd: read(join(root, "node_modules/.bin/workerd"), ["--version"]),
+    miniflare: JSON.parse(readFileSync(join(root, "node_modules/miniflare/package.json"), "utf8")).version,
+    partyserver: existsSync(join(root, "bench/node_modules/partyserver/package.json"))
+      ? JSON.parse(readFileSync(join(root, "bench/node_modules/partyserver/package.json"), "utf8")).version
+      : null,
+    ws: JSON.parse(readFileSync(join(root, "node_modules/ws/package.json"), "utf8")).version,
+    pinned: haveTaskset ? { server: "core 0", loadgen: "core 1" } : "no (taskset or a second core missing)",
+    load_average_at_start: loadavg(),
+    storage: storageRoot.startsWith("/dev/shm") ? "tmpfs (/dev/shm)" : storageRoot,
+  };
+}
+
+async function bundlePartyserver() {
+  mkdirSync(dirname(PARTYSERVER_BUNDLE), { recursive: true });
+  await esbuild.build({
+    entryPoints: [join(root, "bench/peers/partyserver/worker.mjs")],
+    bundle: true,
+    format: "esm",
+    platform: "neutral",
+    mainFields: ["module", "main"],
+    conditions: ["workerd", "worker", "browser"],
+    external: ["cloudflare:*"],
+    outfile: PARTYSERVER_BUNDLE,
+    logLevel: "warning",
+  });
+}
+
+async function main() {
+  const machine = describeMachine();
+  const skipped = {};
+  if (peers.includes("partyserver")) {
+    try {
+      await bundlePartyserver();
+    } catch (e) {
+      skipped.partyserver = `could not bundle partyserver: ${e.message}`;
+    }
+  }
+  const results = {};
+  for (const peer of peers) {
+    results[peer] = {};
+    for (const name of scenarios) {
+      if (skipped[peer]) {
+        results[peer][name] = { error: `skipped: ${skipped[peer]}` };
+        continue;
+      }
+      if (!applicable(name, peer)) {
+        results[peer][name] = { na: true };
+        continue;
+      }
+      log(`${peer}: ${name}`);
+      let server;
+      try {
+        server = await startPeer(peer);
+        const r = await loadgen(server, name, scenarioArgs(name, peer));
+        results[peer][name] = r;
+        const failed = (r.results ?? [r.wake ?? r]).filter((x) => x && x.ok === false).length + (r.error ? 1 : 0);
+        log(`${peer}: ${name} done in ${r.loadgen_secs?.toFixed(1)} s${failed ? `, ${failed} FAILED phase(s)` : ""}`);
+      } catch (e) {
+        log(`${peer}: ${name} failed: ${e.message}`);
+        results[peer][name] = { error: e.message };
+        // A peer that cannot start is skipped for the rest of the run, with the reason.
+        if (e.startup) skipped[peer] = e.message;
+      } finally {
+        if (server) await stopPeer(server);
+      }
+    }
+  }
+  rmSync(storageRoot, { recursive: true, force: true });
+
+  const finished = Date.now();
+  const started = new Date(t0);
+  const stamp = started.toISOString().replace(/[:]/g, "").replace(/\..*/, "Z");
+  const worker = {
+    source: process.env.BENCH_WORKER_SOURCE ?? "unknown",
+    wasm_bytes: existsSync(join(WORKER_DIR, "index_bg.wasm")) ? statSync(join(WORKER_DIR, "index_bg.wasm")).size : null,
+  };
+  const doc = {
+    schema: 1,
+    mode,
+    started_at: started.toISOString(),
+    finished_at: new Date(finished).toISOString(),
+    duration_secs: (finished - t0) / 1000,
+    machine: { ...machine, load_average_at_end: loadavg() },
+    worker,
+    plan: PLAN,
+    features: FEATURES,
+    skipped,
+    results,
+  };
+  const { text, rows, ratios } = renderTable(doc);
+  doc.table = rows;
+  doc.ratios = ratios;
+  const dir = join(root, "bench/results");
+  mkdirSync(dir, { recursive: true });
+  const base = join(dir, `${stamp}-${mode}`);
+  writeFileSync(`${base}.json`, JSON.stringify(doc, null, 2) + "\n");
+  writeFileSync(`${base}.txt`, text + "\n");
+  writeFileSync(`${base}.svg`, renderSvg(doc));
+  console.log(text);
+  console.log(`\nwrote ${base}.json, .txt and .svg (${((finished - t0) / 1000).toFixed(0)} s)`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  rmSync(storageRoot, { recursive: true, force: true });
+  process.exit(1);
+});

@@ -1,0 +1,209 @@
+// Turns a results document (bench/run.mjs) into table rows, a plain-text table and the
+// headline ratios. Pure functions: `node bench/table.mjs results/<file>.json` reprints a
+// stored run.
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+export const PEER_LABELS = {
+  rust: "Rust room",
+  "js-twin": "JS twin",
+  partyserver: "partyserver",
+  "node-ws": "Node ws",
+  native: "native",
+};
+
+const fmt = (v, digits = 0) => {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  const a = Math.abs(v);
+  if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";
+  if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
+  if (a >= 100) return v.toFixed(0);
+  return v.toFixed(digits);
+};
+const ms = (v) => (v === null || v === undefined ? "–" : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const pct = (r) => (r === null || r === undefined ? "–" : r === 1 ? "100%" : (r * 100).toFixed(2) + "%");
+
+/** One table cell: what is printed, the number behind it (for charts/ratios), and ok. */
+const cell = (text, value, ok = true) => ({ text, value, ok });
+const NA = { text: "n/a", value: null, ok: true, na: true };
+const ERR = (e) => ({ text: "error", value: null, ok: false, error: e });
+
+export function renderTable(doc) {
+  const peers = Object.keys(doc.results);
+  const plan = doc.plan;
+  const rows = [];
+  const row = (section, label, get) => {
+    const cells = {};
+    for (const p of peers) {
+      const r = doc.results[p];
+      try {
+        cells[p] = get(r, p);
+      } catch (e) {
+        cells[p] = ERR(String(e.message ?? e));
+      }
+    }
+    rows.push({ section, label, cells });
+  };
+  /** The scenario's result, or a sentinel cell to print instead. */
+  const scen = (r, name) => {
+    const s = r?.[name];
+    if (!s) return { skip: cell("–", null) };
+    if (s.na) return { skip: NA };
+    if (typeof s.error === "string" && s.error.startsWith("skipped")) return { skip: { text: "skipped", value: null, ok: true, na: true } };
+    if (s.error) return { skip: ERR(typeof s.error === "string" ? s.error : "setup failed") };
+    return { s };
+  };
+  const withScen = (name, f) => (r, p) => {
+    const { s, skip } = scen(r, name);
+    return skip ?? f(s, p);
+  };
+
+  // 1 + 6: ramp and idle
+  if (plan.ramp) {
+    const n = plan.ramp.n;
+    const sec = `1. ramp to ${n} sockets, one room, HS256 JWT`;
+    row(sec, "handshakes/s", withScen("ramp", (s) => cell(fmt(s.ramp.handshakes_per_sec), s.ramp.handshakes_per_sec, s.ramp.failures === 0)));
+    row(sec, "handshake p50 / p99 ms", withScen("ramp", (s) => cell(`${ms(s.ramp.handshake?.p50_ms)} / ${ms(s.ramp.handshake?.p99_ms)}`, s.ramp.handshake?.p99_ms)));
+    row(sec, "failures", withScen("ramp", (s) => cell(String(s.ramp.failures), s.ramp.failures, s.ramp.failures === 0)));
+    row(sec, "server CPU ms / handshake", withScen("ramp", (s) => cell(ms(s.server_cpu_ms_per_handshake), s.server_cpu_ms_per_handshake)));
+    row(sec, "server RSS with all open, MiB", withScen("ramp", (s) => cell(fmt(s.rss_connected_kib / 1024), s.rss_connected_kib / 1024)));
+    const sec6 = `6. idle ${plan.ramp.idle} s (evicted) + wake-up, ${n} sockets`;
+    row(sec6, "RSS Δ per idle socket, KiB", withScen("ramp", (s, p) => cell(fmt(s.rss_per_socket_idle_kib, 1) + (doc.features[p].hibernation ? "" : " ¹"), s.rss_per_socket_idle_kib)));
+    row(sec6, "wake: first delivery / all, ms", withScen("ramp", (s, p) => cell(`${ms(s.wake?.first_delivery_ms)} / ${ms(s.wake?.all_delivered_ms)}` + (doc.features[p].hibernation ? "" : " ¹"), s.wake?.all_delivered_ms, s.wake?.ok !== false)));
+  }
+
+  // 2: fan-out
+  if (plan.fanout) {
+    for (const payload of plan.fanout.payloads) {
+      for (const n of plan.fanout.sizes) {
+        const find = (s) => s.results.find((x) => x.n === n && x.payload === payload);
+        const rate = Math.min(plan.fanout.dps / n, plan.fanout.maxRate);
+        const sec = `2. fan-out 1→${n}, ${payload} B, ${fmt(rate)} msg/s`;
+        row(sec, "deliveries / server CPU-s", withScen("fanout", (s) => {
+          const x = find(s);
+          return cell(fmt(x.deliveries_per_cpu_sec), x.deliveries_per_cpu_sec, x.ok);
+        }));
+        row(sec, "latency p50 / p99 / max ms", withScen("fanout", (s) => {
+          const x = find(s);
+          return cell(`${ms(x.latency?.p50_ms)} / ${ms(x.latency?.p99_ms)} / ${ms(x.latency?.max_ms)}`, x.latency?.p99_ms, x.ok);
+        }));
+        row(sec, "delivered (exact, in order)", withScen("fanout", (s) => {
+          const x = find(s);
+          return cell(pct(x.delivery_ratio) + (x.ok ? "" : " ✗"), x.delivery_ratio, x.ok);
+        }));
+      }
+    }
+  }
+
+  // 3: many rooms
+  if (plan.rooms) {
+    const p = plan.rooms;
+    const sec = `3. ${p.rooms} rooms × ${p.perRoom} sockets, ${p.rate} msg/s each`;
+    const first = (s) => s.results[0];
+    row(sec, "deliveries / server CPU-s", withScen("rooms", (s) => cell(fmt(first(s).deliveries_per_cpu_sec), first(s).deliveries_per_cpu_sec, first(s).ok)));
+    row(sec, "latency p50 / p99 / max ms", withScen("rooms", (s) => {
+      const x = first(s);
+      return cell(`${ms(x.latency?.p50_ms)} / ${ms(x.latency?.p99_ms)} / ${ms(x.latency?.max_ms)}`, x.latency?.p99_ms, x.ok);
+    }));
+    row(sec, "delivered (exact, in order)", withScen("rooms", (s) => cell(pct(first(s).delivery_ratio) + (first(s).ok ? "" : " ✗"), first(s).delivery_ratio, first(s).ok)));
+  }
+
+  // 4: HTTP broadcast
+  if (plan.http) {
+    for (const n of plan.http.sizes) {
+      const sec = `4. signed HTTP publish, room with ${n} sockets, ${plan.http.concurrency} in flight`;
+      const find = (s) => s.results.find((x) => x.n === n);
+      row(sec, "requests/s", withScen("http", (s) => cell(fmt(find(s).requests_per_sec), find(s).requests_per_sec, find(s).ok)));
+      row(sec, "server CPU µs / request", withScen("http", (s) => cell(fmt(find(s).cpu_us_per_request), find(s).cpu_us_per_request, find(s).ok)));
+      row(sec, "request p50 / p99 ms", withScen("http", (s) => cell(`${ms(find(s).request_latency?.p50_ms)} / ${ms(find(s).request_latency?.p99_ms)}`, find(s).request_latency?.p99_ms, find(s).ok)));
+      if (n > 0) {
+        row(sec, "delivered (exact, in order)", withScen("http", (s) => cell(pct(find(s).delivery_ratio) + (find(s).ok ? "" : " ✗"), find(s).delivery_ratio, find(s).ok)));
+      }
+    }
+  }
+
+  // 5: dedup
+  if (plan.dedup) {
+    for (const ratio of plan.dedup.ratios) {
+      const sec = `5. dedup, ${Math.round(ratio * 100)}% repeated ids, ${plan.dedup.rate} frames/s → ${plan.dedup.receivers}`;
+      const find = (s) => s.results.find((x) => x.dup_ratio === ratio);
+      row(sec, "server CPU µs / publish frame", withScen("dedup", (s) => cell(fmt(find(s).cpu_us_per_publish), find(s).cpu_us_per_publish, find(s).ok)));
+      row(sec, "ack p50 / p99 ms", withScen("dedup", (s) => cell(`${ms(find(s).ack_latency?.p50_ms)} / ${ms(find(s).ack_latency?.p99_ms)}`, find(s).ack_latency?.p99_ms, find(s).ok)));
+      row(sec, "delivered once each, in order", withScen("dedup", (s) => cell(pct(find(s).delivery_ratio) + (find(s).ok ? "" : " ✗"), find(s).delivery_ratio, find(s).ok)));
+    }
+  }
+
+  const ratios = computeRatios(doc);
+  return { rows, ratios, text: formatText(doc, rows, ratios) };
+}
+
+function fanoutValue(doc, peer, n, payload) {
+  const x = doc.results[peer]?.fanout?.results?.find((r) => r.n === n && r.payload === payload);
+  return x && x.ok ? x.deliveries_per_cpu_sec : null;
+}
+
+export function computeRatios(doc) {
+  const div = (a, b) => (a && b ? Math.round((a / b) * 1000) / 1000 : null);
+  const big = Math.max(...(doc.plan.fanout?.sizes ?? [1000]).filter((n) => n <= 1000));
+  const f = (peer, payload = 100) => fanoutValue(doc, peer, big, payload);
+  const ramp = (peer) => doc.results[peer]?.ramp?.ramp?.handshakes_per_sec ?? null;
+  const http0 = (peer) => doc.results[peer]?.http?.results?.find((r) => r.n === 0)?.requests_per_sec ?? null;
+  const dedup = (peer, ratio) => doc.results[peer]?.dedup?.results?.find((r) => r.dup_ratio === ratio)?.cpu_us_per_publish ?? null;
+  return {
+    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), first ÷ second; >1 means the first is cheaper per delivery. A peer whose run failed its checks gives null.`,
+    fanout_rust_over_js_twin: div(f("rust"), f("js-twin")),
+    fanout_rust_over_js_twin_1kib: div(f("rust", 1024), f("js-twin", 1024)),
+    fanout_rust_over_partyserver: div(f("rust"), f("partyserver")),
+    fanout_rust_over_node_ws: div(f("rust"), f("node-ws")),
+    fanout_rust_over_native: div(f("rust"), f("native")),
+    fanout_js_twin_over_native: div(f("js-twin"), f("native")),
+    fanout_native_over_rust: div(f("native"), f("rust")),
+    ramp_handshakes_rust_over_js_twin: div(ramp("rust"), ramp("js-twin")),
+    http_requests_rust_over_js_twin_0_sockets: div(http0("rust"), http0("js-twin")),
+    dedup_cpu_50pct_over_0pct_rust: div(dedup("rust", 0.5), dedup("rust", 0)),
+    dedup_cpu_50pct_over_0pct_js_twin: div(dedup("js-twin", 0.5), dedup("js-twin", 0)),
+  };
+}
+
+function formatText(doc, rows, ratios) {
+  const peers = Object.keys(doc.results);
+  const labelW = 34;
+  const colW = Math.max(13, ...rows.flatMap((r) => Object.values(r.cells).map((c) => c.text.length + 2)));
+  const pad = (s, w) => (s.length >= w ? s : s + " ".repeat(w - s.length));
+  const lpad = (s, w) => (s.length >= w ? s : " ".repeat(w - s.length) + s);
+  const out = [];
+  const header = pad("", labelW) + peers.map((p) => lpad(PEER_LABELS[p] ?? p, colW)).join("");
+  out.push(`Roomcast benchmark, ${doc.mode} mode, ${doc.started_at} (${doc.duration_secs.toFixed(0)} s)`);
+  out.push(`server pinned: ${typeof doc.machine.pinned === "string" ? doc.machine.pinned : `${doc.machine.pinned.server}, loadgen ${doc.machine.pinned.loadgen}`}; workerd ${doc.machine.workerd}; Worker from ${doc.worker.source}`);
+  out.push("");
+  out.push(header);
+  let section = null;
+  for (const r of rows) {
+    if (r.section !== section) {
+      section = r.section;
+      out.push(r.section);
+    }
+    out.push(pad("  " + r.label, labelW) + peers.map((p) => lpad(r.cells[p]?.text ?? "–", colW)).join(""));
+  }
+  out.push("");
+  out.push("¹ no hibernation: the socket stays in process memory; the wake-up is an ordinary message.");
+  out.push("✗ a check failed (a lost, duplicated or reordered delivery, or a failed request): the numbers of that run are not comparable.");
+  out.push("n/a: the peer does not implement the feature (dedup, HTTP publish).");
+  for (const [peer, why] of Object.entries(doc.skipped ?? {})) out.push(`skipped ${peer}: ${why}`);
+  const errors = [];
+  for (const [peer, byScenario] of Object.entries(doc.results)) {
+    for (const [name, r] of Object.entries(byScenario)) {
+      if (r?.error && !(typeof r.error === "string" && r.error.startsWith("skipped"))) errors.push(`error ${peer} ${name}: ${typeof r.error === "string" ? r.error : JSON.stringify(r.error).slice(0, 200)}`);
+    }
+  }
+  out.push(...errors);
+  out.push("");
+  out.push("ratios (" + ratios.definition + ")");
+  for (const [k, v] of Object.entries(ratios)) if (k !== "definition") out.push(`  ${pad(k, 44)} ${v ?? "–"}`);
+  return out.join("\n");
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const doc = JSON.parse(readFileSync(process.argv[2], "utf8"));
+  console.log(renderTable(doc).text);
+}
