@@ -18,9 +18,10 @@ use std::sync::OnceLock;
 use chrono::DateTime;
 use jwt_compact::{
     alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPrivateKey},
-    jwk::JsonWebKey,
     Algorithm, AlgorithmExt, AlgorithmSignature, Claims, Header, Renamed,
 };
+mod common;
+use common::{fixture, private_jwk, public_jwk, NOW, SECRET};
 use roomcast::auth::{
     pattern_matches, Identity, Perms, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     MAX_TOKEN_BYTES,
@@ -29,13 +30,8 @@ use roomcast::config::Config;
 use roomcast::error::Error;
 use serde_json::{json, Map, Value};
 
-/// The fixed "current time" of every vector, unix seconds.
-const NOW: i64 = 1_800_000_000;
-/// `JWT_SECRET` of the default configuration (test-only).
-const SECRET: &str = "test-only-hs256-secret-0123456789abcdef";
 /// A different HS256 secret, for "signed with the wrong key".
 const OTHER_SECRET: &str = "test-only-some-other-secret-fedcba9876543210";
-const FIXTURE: &str = include_str!("fixtures/test-keys.json");
 
 type EsSigningKey = <Es256 as Algorithm>::SigningKey;
 type EdSigningKey = <Ed25519 as Algorithm>::SigningKey;
@@ -43,23 +39,6 @@ type EdSigningKey = <Ed25519 as Algorithm>::SigningKey;
 // ---------------------------------------------------------------------------------------
 // Keys, configuration, minting
 // ---------------------------------------------------------------------------------------
-
-fn fixture() -> &'static Value {
-    static F: OnceLock<Value> = OnceLock::new();
-    F.get_or_init(|| serde_json::from_str(FIXTURE).expect("tests/fixtures/test-keys.json"))
-}
-
-fn private_jwk(name: &str) -> JsonWebKey<'static> {
-    serde_json::from_value(fixture()[name]["private"].clone()).expect("private JWK")
-}
-
-/// The public JWK `name` from the fixture, with `kid` (and optionally `alg`) added.
-fn public_jwk(name: &str, kid: &str) -> Value {
-    let mut v = fixture()[name]["public"].clone();
-    assert!(v.is_object(), "fixture has no public key {name}");
-    v["kid"] = kid.into();
-    v
-}
 
 struct Signers {
     hs: Hs256Key,

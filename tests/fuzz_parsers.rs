@@ -52,12 +52,13 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use jwt_compact::{
     alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPrivateKey},
-    jwk::JsonWebKey,
     Algorithm, AlgorithmExt, AlgorithmSignature, Claims, Header,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::FileFailurePersistence;
+mod common;
+use common::{private_jwk, public_jwk, NOW, SECRET};
 use roomcast::auth::{
     sign, verify_signature, Identity, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     SIGNATURE_WINDOW_SECS,
@@ -581,30 +582,8 @@ proptest! {
 // JWT: keys, configuration, minting (trimmed copies of tests/auth_vectors.rs helpers)
 // ---------------------------------------------------------------------------------------
 
-/// The fixed "current time", unix seconds.
-const NOW: i64 = 1_800_000_000;
-/// `JWT_SECRET` (test-only).
-const SECRET: &str = "test-only-hs256-secret-0123456789abcdef";
-const FIXTURE: &str = include_str!("fixtures/test-keys.json");
-
 type EsSigningKey = <Es256 as Algorithm>::SigningKey;
 type EdSigningKey = <Ed25519 as Algorithm>::SigningKey;
-
-fn fixture() -> &'static Value {
-    static F: OnceLock<Value> = OnceLock::new();
-    F.get_or_init(|| serde_json::from_str(FIXTURE).expect("tests/fixtures/test-keys.json"))
-}
-
-fn private_jwk(name: &str) -> JsonWebKey<'static> {
-    serde_json::from_value(fixture()[name]["private"].clone()).expect("private JWK")
-}
-
-fn public_jwk(name: &str, kid: &str) -> Value {
-    let mut v = fixture()[name]["public"].clone();
-    assert!(v.is_object(), "fixture has no public key {name}");
-    v["kid"] = kid.into();
-    v
-}
 
 struct Signers {
     hs: Hs256Key,

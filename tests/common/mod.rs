@@ -1,0 +1,33 @@
+//! Test-only key material and clock shared by the native test crates
+//! (`auth_vectors.rs`, `fuzz_parsers.rs`). Each crate uses a subset.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use jwt_compact::jwk::JsonWebKey;
+use serde_json::Value;
+
+/// The fixed "current time" of every vector, unix seconds.
+pub const NOW: i64 = 1_800_000_000;
+/// `JWT_SECRET` of the default configuration (test-only).
+pub const SECRET: &str = "test-only-hs256-secret-0123456789abcdef";
+const FIXTURE: &str = include_str!("../fixtures/test-keys.json");
+
+/// The key fixture (generated once with node; test-only keys).
+pub fn fixture() -> &'static Value {
+    static F: OnceLock<Value> = OnceLock::new();
+    F.get_or_init(|| serde_json::from_str(FIXTURE).expect("tests/fixtures/test-keys.json"))
+}
+
+/// The private JWK `name` from the fixture.
+pub fn private_jwk(name: &str) -> JsonWebKey<'static> {
+    serde_json::from_value(fixture()[name]["private"].clone()).expect("private JWK")
+}
+
+/// The public JWK `name` from the fixture, with `kid` added.
+pub fn public_jwk(name: &str, kid: &str) -> Value {
+    let mut v = fixture()[name]["public"].clone();
+    assert!(v.is_object(), "fixture has no public key {name}");
+    v["kid"] = kid.into();
+    v
+}
