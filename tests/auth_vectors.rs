@@ -21,7 +21,7 @@ use jwt_compact::{
     Algorithm, AlgorithmExt, AlgorithmSignature, Claims, Header, Renamed,
 };
 mod common;
-use common::{fixture, private_jwk, public_jwk, NOW, SECRET};
+use common::{b64, fixture, private_jwk, public_jwk, NOW, SECRET};
 use roomcast::auth::{
     pattern_matches, Identity, Perms, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     MAX_TOKEN_BYTES,
@@ -207,24 +207,6 @@ fn mint_with(alg: Alg, key: Key, kid: Option<&str>, claims_json: &Value) -> Stri
 /// Signs `claims` with the configured key of `alg`, with its default `kid`.
 fn mint(alg: Alg, claims_json: &Value) -> String {
     mint_with(alg, Key::Main, alg.kid(), claims_json)
-}
-
-/// Unpadded base64url, written out so that crafted tokens depend on nothing but std.
-fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
 }
 
 /// Signs hand-written header and payload text verbatim with the configured key of `alg`,

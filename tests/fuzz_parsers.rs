@@ -58,7 +58,7 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::FileFailurePersistence;
 mod common;
-use common::{private_jwk, public_jwk, NOW, SECRET};
+use common::{b64, private_jwk, public_jwk, NOW, SECRET};
 use roomcast::auth::{
     sign, verify_signature, Identity, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     SIGNATURE_WINDOW_SECS,
@@ -674,24 +674,6 @@ fn mint(alg: Alg, claims_json: &Value) -> String {
         Alg::EdDsa => Ed25519.token(&header, &c, &s.ed),
     };
     token.expect("signing a test token")
-}
-
-/// Unpadded base64url.
-fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
 }
 
 /// Signs header and payload text verbatim with the configured key of `alg`.
