@@ -8,6 +8,7 @@
 
 pub mod limits;
 pub mod log;
+pub mod outbox;
 pub mod rpc;
 pub mod session;
 pub mod sockets;
@@ -202,7 +203,7 @@ impl DurableObject for Room {
         } else {
             code as u16
         };
-        let _ = ws.close(Some(reply), Some("bye"));
+        self.sockets.close(&ws, reply, "bye");
         if let Some(s) = Session::of(&ws) {
             log_line(
                 "socket.close",
@@ -218,11 +219,17 @@ impl DurableObject for Room {
         let now = now_ms() / 1000;
         let mut closed = 0usize;
         let mut next: Option<i64> = None;
-        let sockets = self.sockets.with(&self.state, <[_]>::to_vec);
+        let sockets: Vec<(WebSocket, Session)> = self.sockets.with(&self.state, |list| {
+            list.iter()
+                .map(|e| (e.ws.clone(), e.session.clone()))
+                .collect()
+        });
         for (ws, session) in sockets {
             if session.expired(now + EXPIRY_COALESCE_SECS) {
-                send(&ws, &error_frame(None, &Error::TokenExpired));
-                let _ = ws.close(Some(close::TOKEN_EXPIRED), Some("token_expired"));
+                self.sockets
+                    .send(&ws, &session.conn, error_frame(None, &Error::TokenExpired));
+                self.sockets
+                    .close(&ws, close::TOKEN_EXPIRED, Error::TokenExpired.code());
                 self.departed(&ws);
                 closed += 1;
             } else {
@@ -306,7 +313,7 @@ impl Room {
 
         let user_tag = format!("{USER_TAG}{}", c.user);
         let existing = self.sockets.with(&self.state, |list| {
-            list.iter().filter(|(_, s)| s.user == c.user).count()
+            list.iter().filter(|e| e.session.user == c.user).count()
         });
         if existing >= self.limits.max_connections_per_user as usize {
             return Err(Error::TooManyConnections(format!(
@@ -336,9 +343,10 @@ impl Room {
 
         // Presence is per user: announce a join only for the user's first socket.
         if existing == 0 {
-            self.fan_out(
-                &presence_frame(PresenceOp::Join, &session),
-                Some(&pair.server),
+            self.sockets.broadcast(
+                &self.state,
+                presence_frame(PresenceOp::Join, &session),
+                Some(&conn),
             );
         }
 
@@ -405,7 +413,7 @@ impl Room {
     /// Every open socket's session (sockets without one, or already gone, are skipped).
     fn sessions(&self) -> Vec<Session> {
         self.sockets.with(&self.state, |list| {
-            list.iter().map(|(_, s)| s.clone()).collect()
+            list.iter().map(|e| e.session.clone()).collect()
         })
     }
 
@@ -420,7 +428,7 @@ impl Room {
         err: &Error,
         now: i64,
     ) -> bool {
-        send(ws, &error_frame(id, err));
+        self.sockets.send(ws, &session.conn, error_frame(id, err));
         let close = err.close_code().or_else(|| {
             let mut conns = self.conns.borrow_mut();
             let state = conns
@@ -448,7 +456,7 @@ impl Room {
         match close {
             None => true,
             Some(code) => {
-                let _ = ws.close(Some(code), Some(err.code()));
+                self.sockets.close(ws, code, err.code());
                 self.departed(ws);
                 false
             }
@@ -474,7 +482,11 @@ impl Room {
             Admit::Yes => {}
             Admit::Later(ms) => return Err(Error::RateLimited(ms)),
             Admit::Close => {
-                send(ws, &error_frame(Some(&p.id), &Error::RateLimited(1000)));
+                self.sockets.send(
+                    ws,
+                    &session.conn,
+                    error_frame(Some(&p.id), &Error::RateLimited(1000)),
+                );
                 log_line(
                     "socket.kick",
                     &[
@@ -483,7 +495,7 @@ impl Room {
                         ("reason", "sustained rate limiting"),
                     ],
                 );
-                let _ = ws.close(Some(close::RATE_LIMITED), Some("rate_limited"));
+                self.sockets.close(ws, close::RATE_LIMITED, "rate_limited");
                 self.departed(ws);
                 return Ok(());
             }
@@ -492,15 +504,20 @@ impl Room {
             user: session.user.clone(),
             conn: session.conn.clone(),
         };
+        let except = if p.echo {
+            None
+        } else {
+            Some(session.conn.as_str())
+        };
         let (outcome, _) = self.publish(&p.id, &p.event, &p.data, Some(from), |frame| {
-            self.fan_out(frame, if p.echo { None } else { Some(ws) })
+            self.sockets.broadcast(&self.state, frame, except)
         })?;
         let ack = ServerFrame::Ack {
             id: &p.id,
             seq: outcome.seq(),
             duplicate: matches!(outcome, Appended::Duplicate(_)),
         };
-        send(ws, &ack.to_json());
+        self.sockets.send(ws, &session.conn, ack.to_json());
         Ok(())
     }
 
@@ -511,7 +528,7 @@ impl Room {
         event: &str,
         data: &RawValue,
         from: Option<From>,
-        deliver: impl FnOnce(&str) -> usize,
+        deliver: impl FnOnce(String) -> usize,
     ) -> Result<(Appended, usize)> {
         let ts = now_ms();
         let retention = self.retention();
@@ -529,7 +546,7 @@ impl Room {
                 .to_json()
             })
         })?;
-        let delivered = frame.map(|f| deliver(&f)).unwrap_or(0);
+        let delivered = frame.map(deliver).unwrap_or(0);
         Ok((outcome, delivered))
     }
 
@@ -539,14 +556,9 @@ impl Room {
         let text = req.text().await.map_err(internal)?;
         let body: PublishRequest = serde_json::from_str(&text)
             .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
-        let exclude = body.exclude_conn.as_ref().and_then(|c| {
-            self.state
-                .get_websockets_with_tag(&format!("{CONN_TAG}{c}"))
-                .into_iter()
-                .next()
-        });
+        let except = body.exclude_conn.as_deref();
         let (outcome, delivered) = self.publish(&body.id, &body.event, &body.data, None, |f| {
-            self.fan_out(f, exclude.as_ref())
+            self.sockets.broadcast(&self.state, f, except)
         })?;
         let epoch = self.with_head(|h| Ok(h.epoch.clone()))?;
         json_response(
@@ -621,31 +633,6 @@ impl Room {
         )
     }
 
-    /// Sends one serialized frame to every socket but `skip`; returns how many sends
-    /// succeeded. A failing socket (closing, or gone without a close frame) never stops
-    /// the loop: failures are collected and those sockets closed afterwards.
-    fn fan_out(&self, frame: &str, skip: Option<&WebSocket>) -> usize {
-        let js = wasm_bindgen::JsValue::from_str(frame);
-        let mut delivered = 0;
-        let mut dead = Vec::new();
-        self.sockets.with(&self.state, |list| {
-            for (ws, _) in list {
-                if skip == Some(ws) {
-                    continue;
-                }
-                match sockets::send_js(ws, &js) {
-                    Ok(()) => delivered += 1,
-                    Err(_) => dead.push(ws.clone()),
-                }
-            }
-        });
-        for ws in dead {
-            let _ = ws.close(Some(close::INTERNAL), Some("send failed"));
-            self.departed(&ws);
-        }
-        delivered
-    }
-
     /// Cleans up after a socket that closed, failed, or was closed by the room: marks it
     /// gone (once), forgets its limits, and announces `leave` when it was the user's last
     /// socket.
@@ -662,10 +649,16 @@ impl Room {
         self.conns.borrow_mut().remove(&session.conn);
         // `ws` was removed from the cache above, so this counts the user's other sockets.
         let others = self.sockets.with(&self.state, |list| {
-            list.iter().filter(|(_, s)| s.user == session.user).count()
+            list.iter()
+                .filter(|e| e.session.user == session.user)
+                .count()
         });
         if others == 0 {
-            self.fan_out(&presence_frame(PresenceOp::Leave, &session), Some(ws));
+            self.sockets.broadcast(
+                &self.state,
+                presence_frame(PresenceOp::Leave, &session),
+                Some(&session.conn),
+            );
         }
     }
 }
@@ -691,7 +684,9 @@ fn distinct_users(sessions: &[Session]) -> Vec<(&str, &Session)> {
         .collect()
 }
 
-/// Sends a frame, ignoring failure: the socket is closing and its close handler cleans up.
+/// Sends a frame at once, bypassing the outbox: only for the socket being accepted, which
+/// no queued frame is for (see `outbox`). Failure is ignored: the socket is closing and its
+/// close handler cleans up.
 fn send(ws: &WebSocket, frame: &str) {
     let _ = ws.send_with_str(frame);
 }

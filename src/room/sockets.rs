@@ -1,5 +1,6 @@
-//! The room's open sockets with their sessions, cached between events, and a fan-out that
-//! converts each frame to a JS string once.
+//! The room's open sockets with their sessions, cached between events, and everything sent
+//! to them: frames are queued in an [`Outbox`] and flushed once the room's current burst of
+//! work is done, one WebSocket message per socket, converted to a JS string once.
 //!
 //! `getWebSockets()` builds a fresh array of wrappers on every call, and
 //! `WebSocket::send_with_str(&str)` copies the Rust string into a new JS string per call;
@@ -7,14 +8,23 @@
 //! for presence cost O(N) deserializations per connect (the ramp profile in
 //! docs/performance.md). The cache is filled from the runtime once per wake-up — sockets
 //! with their attachments, skipping those already gone — and then kept in step with
-//! accept and departure; one `JsValue` string is handed to every `send`.
+//! accept and departure.
+//!
+//! The flush runs from a zero-delay timer. workerd fires timers only when no other work is
+//! ready, so "after the current burst" costs an idle room nothing measurable, while a room
+//! that is behind (sends still being written, more publishes waiting) coalesces everything
+//! that arrived meanwhile. The queue lives behind an `Rc` so the timer callback can own a
+//! handle to it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 use worker::{web_sys, State, WebSocket};
 
+use super::outbox::{Outbox, Payload, To};
 use super::session::Session;
+use crate::error::close;
 
 #[wasm_bindgen]
 extern "C" {
@@ -25,41 +35,167 @@ extern "C" {
 
     #[wasm_bindgen(method, catch, js_name = send)]
     fn send_value(this: &SendOnly, data: &JsValue) -> Result<(), JsValue>;
+
+    #[wasm_bindgen(catch, js_name = setTimeout)]
+    fn set_timeout(callback: &JsValue, ms: i32) -> Result<JsValue, JsValue>;
 }
 
-/// The cache. Memory only: after a wake-up it is `None` and reloads from the runtime,
-/// which is the source of truth for hibernated sockets.
+/// One open socket.
+pub struct Entry {
+    pub ws: WebSocket,
+    pub session: Session,
+    /// Outbox mark when it joined: it receives only frames queued after that.
+    since: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Memory only: after a wake-up it is `None` and reloads from the runtime, which is
+    /// the source of truth for hibernated sockets.
+    cached: RefCell<Option<Vec<Entry>>>,
+    outbox: RefCell<Outbox>,
+    flush_scheduled: Cell<bool>,
+}
+
+/// The cache and the outbox.
 #[derive(Default)]
 pub struct Sockets {
-    cached: RefCell<Option<Vec<(WebSocket, Session)>>>,
+    shared: Rc<Shared>,
 }
 
 impl Sockets {
-    /// Runs `f` over the open sockets and their sessions, loading them if needed.
-    pub fn with<T>(&self, state: &State, f: impl FnOnce(&[(WebSocket, Session)]) -> T) -> T {
-        let mut slot = self.cached.borrow_mut();
+    /// Runs `f` over the open sockets, loading them if needed.
+    pub fn with<T>(&self, state: &State, f: impl FnOnce(&[Entry]) -> T) -> T {
+        let mut slot = self.shared.cached.borrow_mut();
         let list = slot.get_or_insert_with(|| {
             state
                 .get_websockets()
                 .into_iter()
-                .filter_map(|ws| Session::of(&ws).filter(|s| !s.gone).map(|s| (ws, s)))
+                .filter_map(|ws| {
+                    Session::of(&ws).filter(|s| !s.gone).map(|session| Entry {
+                        ws,
+                        session,
+                        since: 0,
+                    })
+                })
                 .collect()
         });
         f(list)
     }
 
     /// Records a newly accepted socket (only if the cache is loaded; otherwise the next
-    /// load from the runtime includes it).
+    /// load from the runtime includes it). Frames already queued are not for it.
     pub fn added(&self, ws: &WebSocket, session: &Session) {
-        if let Some(list) = self.cached.borrow_mut().as_mut() {
-            list.push((ws.clone(), session.clone()));
+        let since = self.shared.outbox.borrow().mark();
+        if let Some(list) = self.shared.cached.borrow_mut().as_mut() {
+            list.push(Entry {
+                ws: ws.clone(),
+                session: session.clone(),
+                since,
+            });
         }
     }
 
     /// Forgets a socket that closed, failed or was closed by the room.
     pub fn removed(&self, ws: &WebSocket) {
-        if let Some(list) = self.cached.borrow_mut().as_mut() {
-            list.retain(|(other, _)| other != ws);
+        if let Some(list) = self.shared.cached.borrow_mut().as_mut() {
+            list.retain(|e| &e.ws != ws);
+        }
+    }
+
+    /// Queues `frame` for every socket but the connection `except`; returns how many
+    /// sockets it is queued for.
+    pub fn broadcast(&self, state: &State, frame: String, except: Option<&str>) -> usize {
+        let audience = self.with(state, |list| {
+            list.iter()
+                .filter(|e| Some(e.session.conn.as_str()) != except)
+                .count()
+        });
+        self.shared.outbox.borrow_mut().push(
+            frame,
+            To::All {
+                except: except.map(str::to_string),
+            },
+        );
+        self.schedule();
+        audience
+    }
+
+    /// Sends `frame` to one socket: at once when nothing is queued, otherwise behind
+    /// what is queued, so that the socket sees frames in the order the room made them.
+    pub fn send(&self, ws: &WebSocket, conn: &str, frame: String) {
+        if self.shared.outbox.borrow().is_empty() {
+            let _ = send_js(ws, &JsValue::from_str(&frame));
+            return;
+        }
+        self.shared
+            .outbox
+            .borrow_mut()
+            .push(frame, To::One(conn.to_string()));
+        self.schedule();
+    }
+
+    /// Sends whatever is queued for `ws`, then closes it with `code`. The socket stays in
+    /// the cache; the caller's departure handling removes it.
+    pub fn close(&self, ws: &WebSocket, code: u16, reason: &str) {
+        self.flush();
+        let _ = ws.close(Some(code), Some(reason));
+    }
+
+    /// Sends everything queued now.
+    pub fn flush(&self) {
+        flush(&self.shared);
+    }
+
+    fn schedule(&self) {
+        if self.shared.flush_scheduled.replace(true) {
+            return;
+        }
+        let shared = Rc::clone(&self.shared);
+        let callback = Closure::once_into_js(move || flush(&shared));
+        if set_timeout(&callback, 0).is_err() {
+            // No timer (should not happen in workerd): send now rather than never.
+            self.flush();
+        }
+    }
+}
+
+/// Drains the outbox, one message per socket per batch.
+///
+/// A socket whose `send` throws was closed by the room already (workerd ignores sends to
+/// sockets whose peer vanished), so it is just dropped from the cache here; its close or
+/// error event does the rest.
+fn flush(shared: &Shared) {
+    shared.flush_scheduled.set(false);
+    loop {
+        let batch = shared.outbox.borrow_mut().take();
+        if batch.is_empty() {
+            return;
+        }
+        let common = batch.shared().map(JsValue::from_str);
+        let mut failed = Vec::new();
+        if let Some(list) = shared.cached.borrow().as_ref() {
+            for e in list {
+                let sent = match batch.payload(&e.session.conn, e.since) {
+                    Payload::Shared => match &common {
+                        Some(js) => send_js(&e.ws, js),
+                        None => Ok(()),
+                    },
+                    Payload::Own(text) => send_js(&e.ws, &JsValue::from_str(&text)),
+                    Payload::Nothing => Ok(()),
+                };
+                if sent.is_err() {
+                    failed.push(e.ws.clone());
+                }
+            }
+        }
+        if !failed.is_empty() {
+            if let Some(list) = shared.cached.borrow_mut().as_mut() {
+                list.retain(|e| !failed.contains(&e.ws));
+            }
+            for ws in failed {
+                let _ = ws.close(Some(close::INTERNAL), Some("send failed"));
+            }
         }
     }
 }

@@ -1,0 +1,300 @@
+//! Frames the room has queued for its sockets but not sent yet, and how one flush turns
+//! them into one WebSocket message per socket: a single frame, or a JSON array of frames
+//! (contract §5: "the server may coalesce").
+//!
+//! Why queue at all: in workerd a `send()` costs far more than its bytes — each one starts
+//! a pump coroutine, waits on the output gate and writes through the socket stack (see
+//! docs/performance.md) — so at 1→N fan-out the room's CPU is almost all per-send
+//! overhead. The room flushes when its current burst of work is done (a zero-delay timer,
+//! which workerd fires only once no other work is ready), so an idle room sends at once and
+//! a busy one sends each socket one message per burst instead of one per frame.
+//!
+//! Order is per socket: every frame for a socket — broadcasts, acks, errors — goes through
+//! the same queue while anything is queued, so a socket sees them in the order the room
+//! produced them. A socket accepted mid-burst gets a `since` mark and receives only what
+//! was queued after it joined (its `welcome` already counts the rest).
+//!
+//! Plain Rust with no runtime types, so it is unit-tested natively.
+
+use std::collections::HashSet;
+
+/// Most frames in one coalesced message; a longer queue leaves in several messages.
+pub const MAX_FRAMES_PER_MESSAGE: usize = 100;
+
+/// Who a queued frame is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    /// Every socket, except the connection named (a publisher without `echo`).
+    All { except: Option<String> },
+    /// One connection (an ack or an error).
+    One(String),
+}
+
+#[derive(Debug)]
+struct Item {
+    mark: u64,
+    frame: String,
+    to: To,
+}
+
+/// The queue.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    items: Vec<Item>,
+    /// Mark of the next queued frame; only grows.
+    next: u64,
+}
+
+impl Outbox {
+    /// The mark for a socket accepted now: it receives frames queued from now on.
+    pub fn mark(&self) -> u64 {
+        self.next
+    }
+
+    /// Queues `frame` for `to`.
+    pub fn push(&mut self, frame: String, to: To) {
+        self.items.push(Item {
+            mark: self.next,
+            frame,
+            to,
+        });
+        self.next += 1;
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Takes up to [`MAX_FRAMES_PER_MESSAGE`] of the oldest queued frames as one batch.
+    pub fn take(&mut self) -> Batch {
+        let n = self.items.len().min(MAX_FRAMES_PER_MESSAGE);
+        let items: Vec<Item> = self.items.drain(..n).collect();
+        Batch::new(items)
+    }
+}
+
+/// What one socket gets from a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// The batch's shared message ([`Batch::shared`]): the common case, one JS string for
+    /// every such socket.
+    Shared,
+    /// A message of its own (it is named by an item, or joined mid-batch).
+    Own(String),
+    /// Nothing in this batch is for it.
+    Nothing,
+}
+
+/// Frames taken from the queue together.
+#[derive(Debug)]
+pub struct Batch {
+    items: Vec<Item>,
+    /// Connections named by any item: they may need a message of their own.
+    named: HashSet<String>,
+    /// The message for every other socket that was there before the batch began.
+    shared: Option<String>,
+}
+
+impl Batch {
+    fn new(items: Vec<Item>) -> Batch {
+        let mut named = HashSet::new();
+        for item in &items {
+            match &item.to {
+                To::All { except: Some(c) } | To::One(c) => {
+                    named.insert(c.clone());
+                }
+                To::All { except: None } => {}
+            }
+        }
+        let shared = join(
+            items
+                .iter()
+                .filter(|i| matches!(i.to, To::All { .. }))
+                .map(|i| i.frame.as_str()),
+        );
+        Batch {
+            items,
+            named,
+            shared,
+        }
+    }
+
+    /// Whether the batch holds no frames.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// How many frames the batch holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The message for sockets that get [`Payload::Shared`]; `None` when no frame is for
+    /// everyone.
+    pub fn shared(&self) -> Option<&str> {
+        self.shared.as_deref()
+    }
+
+    /// What the socket `conn`, accepted at mark `since`, gets from this batch.
+    pub fn payload(&self, conn: &str, since: u64) -> Payload {
+        let first = self.items.first().map_or(u64::MAX, |i| i.mark);
+        if since <= first && !self.named.contains(conn) {
+            return match self.shared {
+                Some(_) => Payload::Shared,
+                None => Payload::Nothing,
+            };
+        }
+        let own = join(
+            self.items
+                .iter()
+                .filter(|i| i.mark >= since && reaches(&i.to, conn))
+                .map(|i| i.frame.as_str()),
+        );
+        match own {
+            Some(message) => Payload::Own(message),
+            None => Payload::Nothing,
+        }
+    }
+}
+
+fn reaches(to: &To, conn: &str) -> bool {
+    match to {
+        To::All { except } => except.as_deref() != Some(conn),
+        To::One(c) => c == conn,
+    }
+}
+
+/// One frame as itself, several as a JSON array, none as `None`.
+fn join<'a>(frames: impl Iterator<Item = &'a str>) -> Option<String> {
+    let frames: Vec<&str> = frames.collect();
+    match frames.as_slice() {
+        [] => None,
+        [one] => Some((*one).to_string()),
+        many => {
+            let len = many.iter().map(|f| f.len() + 1).sum::<usize>() + 1;
+            let mut out = String::with_capacity(len);
+            out.push('[');
+            for (i, f) in many.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(f);
+            }
+            out.push(']');
+            Some(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> To {
+        To::All { except: None }
+    }
+
+    fn got(batch: &Batch, conn: &str, since: u64) -> Option<String> {
+        match batch.payload(conn, since) {
+            Payload::Shared => batch.shared().map(str::to_string),
+            Payload::Own(s) => Some(s),
+            Payload::Nothing => None,
+        }
+    }
+
+    #[test]
+    fn one_frame_leaves_as_itself() {
+        let mut q = Outbox::default();
+        q.push(r#"{"a":1}"#.into(), all());
+        let b = q.take();
+        assert!(q.is_empty());
+        assert_eq!(b.payload("c_1", 0), Payload::Shared);
+        assert_eq!(b.shared(), Some(r#"{"a":1}"#));
+    }
+
+    #[test]
+    fn a_burst_leaves_as_one_array_in_order() {
+        let mut q = Outbox::default();
+        for i in 0..3 {
+            q.push(format!(r#"{{"n":{i}}}"#), all());
+        }
+        let b = q.take();
+        assert_eq!(b.len(), 3);
+        assert_eq!(
+            got(&b, "c_1", 0).as_deref(),
+            Some(r#"[{"n":0},{"n":1},{"n":2}]"#)
+        );
+    }
+
+    #[test]
+    fn the_publisher_is_skipped_and_gets_its_ack_after_earlier_frames() {
+        let mut q = Outbox::default();
+        q.push("{\"m\":1}".into(), all());
+        q.push(
+            "{\"m\":2}".into(),
+            To::All {
+                except: Some("c_pub".into()),
+            },
+        );
+        q.push("{\"ack\":2}".into(), To::One("c_pub".into()));
+        let b = q.take();
+        assert_eq!(got(&b, "c_x", 0).as_deref(), Some("[{\"m\":1},{\"m\":2}]"));
+        assert!(matches!(b.payload("c_pub", 0), Payload::Own(_)));
+        assert_eq!(
+            got(&b, "c_pub", 0).as_deref(),
+            Some("[{\"m\":1},{\"ack\":2}]")
+        );
+    }
+
+    #[test]
+    fn a_socket_joining_mid_burst_gets_only_what_followed() {
+        let mut q = Outbox::default();
+        q.push("{\"m\":1}".into(), all());
+        let since = q.mark();
+        q.push("{\"m\":2}".into(), all());
+        let b = q.take();
+        assert_eq!(got(&b, "c_new", since).as_deref(), Some("{\"m\":2}"));
+        assert_eq!(
+            got(&b, "c_old", 0).as_deref(),
+            Some("[{\"m\":1},{\"m\":2}]")
+        );
+        // Joined after everything in the batch: nothing.
+        assert_eq!(b.payload("c_later", since + 1), Payload::Nothing);
+    }
+
+    #[test]
+    fn frames_for_one_socket_do_not_reach_others() {
+        let mut q = Outbox::default();
+        q.push("{\"err\":1}".into(), To::One("c_a".into()));
+        let b = q.take();
+        assert_eq!(b.shared(), None);
+        assert_eq!(b.payload("c_b", 0), Payload::Nothing);
+        assert_eq!(got(&b, "c_a", 0).as_deref(), Some("{\"err\":1}"));
+    }
+
+    #[test]
+    fn long_queues_leave_in_bounded_messages() {
+        let mut q = Outbox::default();
+        for i in 0..(MAX_FRAMES_PER_MESSAGE * 2 + 1) {
+            q.push(format!("{i}"), all());
+        }
+        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
+        while !q.is_empty() {
+            let b = q.take();
+            sizes.push(b.len());
+            let text = got(&b, "c", 0).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            match v {
+                serde_json::Value::Array(a) => seen.extend(a),
+                other => seen.push(other),
+            }
+        }
+        assert_eq!(sizes, vec![100, 100, 1]);
+        let expected: Vec<serde_json::Value> = (0..201)
+            .map(|i| serde_json::Value::from(i as u64))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+}
