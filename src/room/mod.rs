@@ -14,7 +14,7 @@ pub mod session;
 pub mod sockets;
 
 use std::cell::{Cell as MemCell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use worker::{
@@ -33,7 +33,7 @@ use crate::runtime::{json_response, log_line, now_ms, random_id};
 use limits::{Admit, ConnState};
 use log::{Appended, Arg, Cell, Head, Retention, Sql};
 use rpc::{ConnectRequest, PublishRequest, PublishResult, RoomInfo, UserEntry};
-use session::{Session, CONN_TAG, USER_TAG};
+use session::{info_raw, Session, CONN_TAG, USER_TAG};
 
 /// Most users listed in `welcome.presence` (contract §5).
 pub const MAX_PRESENCE_USERS: usize = 100;
@@ -312,8 +312,8 @@ impl Room {
             .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
 
         let user_tag = format!("{USER_TAG}{}", c.user);
-        let existing = self.sockets.with(&self.state, |list| {
-            list.iter().filter(|e| e.session.user == c.user).count()
+        let existing = self.sockets.members(&self.state, |users| {
+            users.get(&c.user).map_or(0, |m| m.sockets)
         });
         if existing >= self.limits.max_connections_per_user as usize {
             return Err(Error::TooManyConnections(format!(
@@ -343,10 +343,10 @@ impl Room {
 
         // Presence is per user: announce a join only for the user's first socket.
         if existing == 0 {
-            self.sockets.broadcast(
+            self.sockets.announce(
                 &self.state,
                 presence_frame(PresenceOp::Join, &session),
-                Some(&conn),
+                &conn,
             );
         }
 
@@ -365,9 +365,15 @@ impl Room {
             log::Resumed::Lost => (false, Vec::new()),
         };
 
-        let sessions = self.sessions();
-        let users = distinct_users(&sessions);
-        let infos: Vec<Box<RawValue>> = users.iter().map(|(_, s)| s.info_raw()).collect();
+        let (count, listed): (usize, Vec<(String, Box<RawValue>)>) =
+            self.sockets.members(&self.state, |users| {
+                let listed = users
+                    .iter()
+                    .take(MAX_PRESENCE_USERS)
+                    .map(|(user, m)| (user.clone(), info_raw(m.info.as_deref())))
+                    .collect();
+                (users.len(), listed)
+            });
         let welcome = ServerFrame::Welcome {
             room: &c.room,
             conn: &conn,
@@ -380,12 +386,10 @@ impl Room {
                 replayed: frames.len() as u64,
             },
             presence: Presence {
-                count: users.len(),
-                users: users
+                count,
+                users: listed
                     .iter()
-                    .zip(infos.iter())
-                    .take(MAX_PRESENCE_USERS)
-                    .map(|((user, _), info)| PresenceUser { user, info })
+                    .map(|(user, info)| PresenceUser { user, info })
                     .collect(),
             },
         };
@@ -408,13 +412,6 @@ impl Room {
                 .map_err(internal)?;
         }
         Ok(resp)
-    }
-
-    /// Every open socket's session (sockets without one, or already gone, are skipped).
-    fn sessions(&self) -> Vec<Session> {
-        self.sockets.with(&self.state, |list| {
-            list.iter().map(|e| e.session.clone()).collect()
-        })
     }
 
     /// Answers a bad frame or refused publish with an `error` frame, counts it toward the
@@ -608,26 +605,24 @@ impl Room {
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
         let head = self.with_head(|h| Ok(h.clone()))?;
-        let sessions = self.sessions();
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in &sessions {
-            *counts.entry(s.user.as_str()).or_default() += 1;
-        }
-        let users = distinct_users(&sessions)
-            .into_iter()
-            .map(|(user, s)| UserEntry {
-                user: user.to_string(),
-                connections: counts.get(user).copied().unwrap_or(0),
-                info: s.info_raw(),
-            })
-            .collect();
+        let connections = self.sockets.with(&self.state, <[_]>::len);
+        let users = self.sockets.members(&self.state, |users| {
+            users
+                .iter()
+                .map(|(user, m)| UserEntry {
+                    user: user.clone(),
+                    connections: m.sockets,
+                    info: info_raw(m.info.as_deref()),
+                })
+                .collect()
+        });
         json_response(
             200,
             &RoomInfo {
                 room,
                 epoch: head.epoch,
                 last_seq: head.last_seq,
-                connections: sessions.len(),
+                connections,
                 users,
             },
         )
@@ -648,16 +643,14 @@ impl Room {
         let _ = ws.serialize_attachment(&session);
         self.conns.borrow_mut().remove(&session.conn);
         // `ws` was removed from the cache above, so this counts the user's other sockets.
-        let others = self.sockets.with(&self.state, |list| {
-            list.iter()
-                .filter(|e| e.session.user == session.user)
-                .count()
+        let others = self.sockets.members(&self.state, |users| {
+            users.get(&session.user).map_or(0, |m| m.sockets)
         });
         if others == 0 {
-            self.sockets.broadcast(
+            self.sockets.announce(
                 &self.state,
                 presence_frame(PresenceOp::Leave, &session),
-                Some(&session.conn),
+                &session.conn,
             );
         }
     }
@@ -672,16 +665,6 @@ fn presence_frame(op: PresenceOp, session: &Session) -> String {
         info: &info,
     }
     .to_json()
-}
-
-/// Distinct users in socket order, each with its first session.
-fn distinct_users(sessions: &[Session]) -> Vec<(&str, &Session)> {
-    let mut seen = std::collections::BTreeSet::new();
-    sessions
-        .iter()
-        .filter(|s| seen.insert(s.user.as_str()))
-        .map(|s| (s.user.as_str(), s))
-        .collect()
 }
 
 /// Sends a frame at once, bypassing the outbox: only for the socket being accepted, which

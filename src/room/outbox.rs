@@ -21,6 +21,14 @@ use std::collections::HashSet;
 /// Most frames in one coalesced message; a longer queue leaves in several messages.
 pub const MAX_FRAMES_PER_MESSAGE: usize = 100;
 
+/// How long presence frames may wait for a flush in a room with `sockets` sockets: 1 ms
+/// per 20 sockets, at most a second. Each flush costs a send per socket, so this caps
+/// the CPU a join storm spends on presence at about the same share of a core whatever
+/// the room's size, while small rooms still see joins at once.
+pub fn presence_delay_ms(sockets: usize) -> i64 {
+    (sockets / 20).min(1000) as i64
+}
+
 /// Who a queued frame is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum To {
@@ -201,6 +209,13 @@ mod tests {
             Payload::Own(s) => Some(s),
             Payload::Nothing => None,
         }
+    }
+
+    #[test]
+    fn presence_waits_longer_in_bigger_rooms_up_to_a_second() {
+        assert_eq!(presence_delay_ms(10), 0);
+        assert_eq!(presence_delay_ms(2000), 100);
+        assert_eq!(presence_delay_ms(32_768), 1000);
     }
 
     #[test]

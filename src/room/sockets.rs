@@ -17,14 +17,16 @@
 //! handle to it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 use worker::{web_sys, State, WebSocket};
 
-use super::outbox::{Outbox, Payload, To};
+use super::outbox::{presence_delay_ms, Outbox, Payload, To};
 use super::session::Session;
 use crate::error::close;
+use crate::runtime::now_ms;
 
 #[wasm_bindgen]
 extern "C" {
@@ -48,13 +50,58 @@ pub struct Entry {
     since: u64,
 }
 
+/// A user present in the room.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// How many of the room's sockets are this user's.
+    pub sockets: usize,
+    /// The `info` of the user's first socket, as JSON text.
+    pub info: Option<String>,
+}
+
+/// Open sockets and their users, kept together so that neither a connect nor a departure
+/// has to scan every socket (a ramp to N sockets would otherwise cost O(N²)).
+#[derive(Default)]
+struct Cache {
+    sockets: Vec<Entry>,
+    /// Users by id: presence in `welcome`, `info` and the per-user connection limit.
+    users: BTreeMap<String, Member>,
+}
+
+impl Cache {
+    fn insert(&mut self, entry: Entry) {
+        self.users
+            .entry(entry.session.user.clone())
+            .and_modify(|m| m.sockets += 1)
+            .or_insert_with(|| Member {
+                sockets: 1,
+                info: entry.session.info.clone(),
+            });
+        self.sockets.push(entry);
+    }
+
+    fn remove(&mut self, ws: &WebSocket) {
+        let Some(i) = self.sockets.iter().position(|e| &e.ws == ws) else {
+            return;
+        };
+        let entry = self.sockets.swap_remove(i);
+        if let Some(m) = self.users.get_mut(&entry.session.user) {
+            m.sockets -= 1;
+            if m.sockets == 0 {
+                self.users.remove(&entry.session.user);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     /// Memory only: after a wake-up it is `None` and reloads from the runtime, which is
     /// the source of truth for hibernated sockets.
-    cached: RefCell<Option<Vec<Entry>>>,
+    cached: RefCell<Option<Cache>>,
     outbox: RefCell<Outbox>,
-    flush_scheduled: Cell<bool>,
+    /// When the pending flush timer fires (ms), if one is pending.
+    flush_due: Cell<Option<i64>>,
 }
 
 /// The cache and the outbox.
@@ -66,29 +113,38 @@ pub struct Sockets {
 impl Sockets {
     /// Runs `f` over the open sockets, loading them if needed.
     pub fn with<T>(&self, state: &State, f: impl FnOnce(&[Entry]) -> T) -> T {
+        self.with_cache(state, |c| f(&c.sockets))
+    }
+
+    /// Runs `f` over the users present (by id), loading the sockets if needed.
+    pub fn members<T>(&self, state: &State, f: impl FnOnce(&BTreeMap<String, Member>) -> T) -> T {
+        self.with_cache(state, |c| f(&c.users))
+    }
+
+    fn with_cache<T>(&self, state: &State, f: impl FnOnce(&Cache) -> T) -> T {
         let mut slot = self.shared.cached.borrow_mut();
-        let list = slot.get_or_insert_with(|| {
-            state
-                .get_websockets()
-                .into_iter()
-                .filter_map(|ws| {
-                    Session::of(&ws).filter(|s| !s.gone).map(|session| Entry {
+        let cache = slot.get_or_insert_with(|| {
+            let mut cache = Cache::default();
+            for ws in state.get_websockets() {
+                if let Some(session) = Session::of(&ws).filter(|s| !s.gone) {
+                    cache.insert(Entry {
                         ws,
                         session,
                         since: 0,
-                    })
-                })
-                .collect()
+                    });
+                }
+            }
+            cache
         });
-        f(list)
+        f(cache)
     }
 
     /// Records a newly accepted socket (only if the cache is loaded; otherwise the next
     /// load from the runtime includes it). Frames already queued are not for it.
     pub fn added(&self, ws: &WebSocket, session: &Session) {
         let since = self.shared.outbox.borrow().mark();
-        if let Some(list) = self.shared.cached.borrow_mut().as_mut() {
-            list.push(Entry {
+        if let Some(cache) = self.shared.cached.borrow_mut().as_mut() {
+            cache.insert(Entry {
                 ws: ws.clone(),
                 session: session.clone(),
                 since,
@@ -98,8 +154,8 @@ impl Sockets {
 
     /// Forgets a socket that closed, failed or was closed by the room.
     pub fn removed(&self, ws: &WebSocket) {
-        if let Some(list) = self.shared.cached.borrow_mut().as_mut() {
-            list.retain(|e| &e.ws != ws);
+        if let Some(cache) = self.shared.cached.borrow_mut().as_mut() {
+            cache.remove(ws);
         }
     }
 
@@ -117,8 +173,22 @@ impl Sockets {
                 except: except.map(str::to_string),
             },
         );
-        self.schedule();
+        self.schedule(0);
         audience
+    }
+
+    /// Queues a presence frame for every socket but `except`. Unlike messages, presence
+    /// may wait a little ([`presence_delay_ms`], growing with the room), so a join storm
+    /// into a big room costs one send per socket per interval, not one per join.
+    pub fn announce(&self, state: &State, frame: String, except: &str) {
+        let n = self.with(state, <[Entry]>::len);
+        self.shared.outbox.borrow_mut().push(
+            frame,
+            To::All {
+                except: Some(except.to_string()),
+            },
+        );
+        self.schedule(presence_delay_ms(n));
     }
 
     /// Sends `frame` to one socket: at once when nothing is queued, otherwise behind
@@ -132,7 +202,7 @@ impl Sockets {
             .outbox
             .borrow_mut()
             .push(frame, To::One(conn.to_string()));
-        self.schedule();
+        self.schedule(0);
     }
 
     /// Sends whatever is queued for `ws`, then closes it with `code`. The socket stays in
@@ -147,13 +217,18 @@ impl Sockets {
         flush(&self.shared);
     }
 
-    fn schedule(&self) {
-        if self.shared.flush_scheduled.replace(true) {
+    /// Makes sure a flush runs within `delay_ms`. A timer that fires after an earlier
+    /// flush finds the queue empty or newer frames to send; either is harmless.
+    fn schedule(&self, delay_ms: i64) {
+        let due = now_ms() + delay_ms;
+        if self.shared.flush_due.get().is_some_and(|at| at <= due) {
             return;
         }
+        self.shared.flush_due.set(Some(due));
         let shared = Rc::clone(&self.shared);
         let callback = Closure::once_into_js(move || flush(&shared));
-        if set_timeout(&callback, 0).is_err() {
+        let ms = i32::try_from(delay_ms).unwrap_or(i32::MAX);
+        if set_timeout(&callback, ms).is_err() {
             // No timer (should not happen in workerd): send now rather than never.
             self.flush();
         }
@@ -166,7 +241,7 @@ impl Sockets {
 /// sockets whose peer vanished), so it is just dropped from the cache here; its close or
 /// error event does the rest.
 fn flush(shared: &Shared) {
-    shared.flush_scheduled.set(false);
+    shared.flush_due.set(None);
     loop {
         let batch = shared.outbox.borrow_mut().take();
         if batch.is_empty() {
@@ -174,8 +249,8 @@ fn flush(shared: &Shared) {
         }
         let common = batch.shared().map(JsValue::from_str);
         let mut failed = Vec::new();
-        if let Some(list) = shared.cached.borrow().as_ref() {
-            for e in list {
+        if let Some(cache) = shared.cached.borrow().as_ref() {
+            for e in &cache.sockets {
                 let sent = match batch.payload(&e.session.conn, e.since) {
                     Payload::Shared => match &common {
                         Some(js) => send_js(&e.ws, js),
@@ -190,8 +265,10 @@ fn flush(shared: &Shared) {
             }
         }
         if !failed.is_empty() {
-            if let Some(list) = shared.cached.borrow_mut().as_mut() {
-                list.retain(|e| !failed.contains(&e.ws));
+            if let Some(cache) = shared.cached.borrow_mut().as_mut() {
+                for ws in &failed {
+                    cache.remove(ws);
+                }
             }
             for ws in failed {
                 let _ = ws.close(Some(close::INTERNAL), Some("send failed"));
