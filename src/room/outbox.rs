@@ -21,12 +21,14 @@ use std::collections::HashSet;
 /// Most frames in one coalesced message; a longer queue leaves in several messages.
 pub const MAX_FRAMES_PER_MESSAGE: usize = 100;
 
-/// How long presence frames may wait for a flush in a room with `sockets` sockets: 1 ms
-/// per 20 sockets, at most a second. Each flush costs a send per socket, so this caps
-/// the CPU a join storm spends on presence at about the same share of a core whatever
-/// the room's size, while small rooms still see joins at once.
+/// How long presence frames may wait for a flush in a room with `sockets` sockets: a
+/// quarter of a millisecond per socket, at most two seconds. Every flush costs one send
+/// per socket, so this holds a join storm's presence traffic to about 4,000 sends a
+/// second whatever the room's size (until the cap, at 8,000 sockets), while rooms of a
+/// few sockets still see joins at once. (Pusher caps presence channels at 100 members;
+/// here a 2,000-socket room shows a join within half a second.)
 pub fn presence_delay_ms(sockets: usize) -> i64 {
-    (sockets / 20).min(1000) as i64
+    (sockets / 4).min(2000) as i64
 }
 
 /// Who a queued frame is for.
@@ -213,9 +215,10 @@ mod tests {
 
     #[test]
     fn presence_waits_longer_in_bigger_rooms_up_to_a_second() {
-        assert_eq!(presence_delay_ms(10), 0);
-        assert_eq!(presence_delay_ms(2000), 100);
-        assert_eq!(presence_delay_ms(32_768), 1000);
+        assert_eq!(presence_delay_ms(3), 0);
+        assert_eq!(presence_delay_ms(100), 25);
+        assert_eq!(presence_delay_ms(2000), 500);
+        assert_eq!(presence_delay_ms(32_768), 2000);
     }
 
     #[test]
