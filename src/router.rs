@@ -100,25 +100,23 @@ fn only(method: &Method, allowed: &[Method], allow: &'static str) -> Result<()> 
 }
 
 thread_local! {
-    /// The parsed configuration and verifier, reused across requests in this isolate
-    /// while the raw configuration is unchanged (parsing a JWK Set costs more than a
-    /// request should).
-    static VERIFIER: RefCell<Option<(Config, Rc<Verifier>)>> = const { RefCell::new(None) };
+    /// The parsed configuration and verifier, built on the first request and reused for
+    /// the isolate's life: a Worker's vars and secrets cannot change under a running
+    /// isolate (a deploy or `wrangler secret put` starts new ones), and reading a dozen
+    /// bindings and parsing a JWK Set on every request cost more than the request.
+    static LOADED: RefCell<Option<(Rc<Config>, Rc<Verifier>)>> = const { RefCell::new(None) };
 }
 
-fn load(env: &Env) -> Result<(Config, Rc<Verifier>)> {
+fn load(env: &Env) -> Result<(Rc<Config>, Rc<Verifier>)> {
+    if let Some(loaded) = LOADED.with(|cell| cell.borrow().clone()) {
+        return Ok(loaded);
+    }
+    // A malformed configuration is not cached: every request reports it until fixed.
     let config = Config::from_lookup(&|name| env.var(name).ok().map(|v| v.to_string()))?;
-    VERIFIER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if let Some((cached, verifier)) = slot.as_ref() {
-            if *cached == config {
-                return Ok((config, verifier.clone()));
-            }
-        }
-        let verifier = Rc::new(Verifier::new(&config)?);
-        *slot = Some((config.clone(), verifier.clone()));
-        Ok((config, verifier))
-    })
+    let verifier = Rc::new(Verifier::new(&config)?);
+    let loaded = (Rc::new(config), verifier);
+    LOADED.with(|cell| *cell.borrow_mut() = Some(loaded.clone()));
+    Ok(loaded)
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {
