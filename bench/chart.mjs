@@ -17,7 +17,7 @@ const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replac
 const short = (v) => (v >= 1e6 ? (v / 1e6).toFixed(1) + "M" : v >= 1e3 ? (v / 1e3).toFixed(v >= 1e4 ? 0 : 1) + "k" : v.toFixed(0));
 const shortMs = (v) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 
-/** Groups on the x axis: each fan-out (N, payload), then the many-rooms run. */
+/** Groups on the x axis: each fan-out (N, payload), the overload runs, then the many-rooms run. */
 function groups(doc) {
   const out = [];
   const fo = doc.plan.fanout;
@@ -28,6 +28,18 @@ function groups(doc) {
           label: `1→${n}`,
           sub: payload >= 1024 ? `${payload / 1024} KiB` : `${payload} B`,
           get: (peer) => doc.results[peer]?.fanout?.results?.find((r) => r.n === n && r.payload === payload),
+        });
+      }
+    }
+  }
+  const ov = doc.plan.overload;
+  if (ov) {
+    for (const payload of ov.payloads) {
+      for (const n of ov.sizes) {
+        out.push({
+          label: `1→${n} ×3`,
+          sub: `overload ${payload >= 1024 ? `${payload / 1024} KiB` : `${payload} B`}`,
+          get: (peer) => doc.results[peer]?.overload?.results?.find((r) => r.n === n && r.payload === payload),
         });
       }
     }
@@ -139,7 +151,7 @@ export function renderSvg(doc) {
 
   const H = p2Top + p2H + 60;
   const r = doc.ratios ?? {};
-  text(left, H - 14, `Rust room ÷ JS twin (1→1000, 100 B): ${r.fanout_rust_over_js_twin ?? "–"}   ·   Rust room ÷ native limit: ${r.fanout_rust_over_native ?? "–"}   ·   dashed/✗ = a delivery check failed`, 'font-size="12" fill="#495057"');
+  text(left, H - 14, `Rust room ÷ JS twin (1→1000, 100 B): ${r.fanout_rust_over_js_twin ?? "–"}, overloaded ${r.overload_fanout_rust_over_js_twin ?? "–"}   ·   Rust room ÷ native limit: ${r.fanout_rust_over_native ?? "–"}   ·   dashed/✗ = a delivery check failed`, 'font-size="12" fill="#495057"');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="system-ui, -apple-system, Segoe UI, sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n${parts.join("\n")}\n</svg>\n`;
 }
 

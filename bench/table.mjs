@@ -72,28 +72,33 @@ export function renderTable(doc) {
     row(sec6, "wake: first delivery / all, ms", withScen("ramp", (s, p) => cell(`${ms(s.wake?.first_delivery_ms)} / ${ms(s.wake?.all_delivered_ms)}` + (doc.features[p].hibernation ? "" : " ¹"), s.wake?.all_delivered_ms, s.wake?.ok !== false)));
   }
 
-  // 2: fan-out
-  if (plan.fanout) {
-    for (const payload of plan.fanout.payloads) {
-      for (const n of plan.fanout.sizes) {
+  // 2: fan-out, at the plan's offered load and (2b) above what one core can serve one
+  // message at a time
+  const fanoutRows = (key, title) => {
+    const p = plan[key];
+    if (!p) return;
+    for (const payload of p.payloads) {
+      for (const n of p.sizes) {
         const find = (s) => s.results.find((x) => x.n === n && x.payload === payload);
-        const rate = Math.min(plan.fanout.dps / n, plan.fanout.maxRate);
-        const sec = `2. fan-out 1→${n}, ${payload} B, ${fmt(rate)} msg/s`;
-        row(sec, "deliveries / server CPU-s", withScen("fanout", (s) => {
+        const rate = Math.min(p.dps / n, p.maxRate);
+        const sec = `${title} 1→${n}, ${payload} B, ${fmt(rate)} msg/s`;
+        row(sec, "deliveries / server CPU-s", withScen(key, (s) => {
           const x = find(s);
           return cell(fmt(x.deliveries_per_cpu_sec), x.deliveries_per_cpu_sec, x.ok);
         }));
-        row(sec, "latency p50 / p99 / max ms", withScen("fanout", (s) => {
+        row(sec, "latency p50 / p99 / max ms", withScen(key, (s) => {
           const x = find(s);
           return cell(`${ms(x.latency?.p50_ms)} / ${ms(x.latency?.p99_ms)} / ${ms(x.latency?.max_ms)}`, x.latency?.p99_ms, x.ok);
         }));
-        row(sec, "delivered (exact, in order)", withScen("fanout", (s) => {
+        row(sec, "delivered (exact, in order)", withScen(key, (s) => {
           const x = find(s);
           return cell(pct(x.delivery_ratio) + (x.ok ? "" : " ✗"), x.delivery_ratio, x.ok);
         }));
       }
     }
-  }
+  };
+  fanoutRows("fanout", "2. fan-out");
+  fanoutRows("overload", "2b. overload: fan-out");
 
   // 3: many rooms
   if (plan.rooms) {
@@ -137,8 +142,8 @@ export function renderTable(doc) {
   return { rows, ratios, text: formatText(doc, rows, ratios) };
 }
 
-function fanoutValue(doc, peer, n, payload) {
-  const x = doc.results[peer]?.fanout?.results?.find((r) => r.n === n && r.payload === payload);
+function fanoutValue(doc, peer, n, payload, scenario = "fanout") {
+  const x = doc.results[peer]?.[scenario]?.results?.find((r) => r.n === n && r.payload === payload);
   return x && x.ok ? x.deliveries_per_cpu_sec : null;
 }
 
@@ -146,13 +151,18 @@ export function computeRatios(doc) {
   const div = (a, b) => (a && b ? Math.round((a / b) * 1000) / 1000 : null);
   const big = Math.max(...(doc.plan.fanout?.sizes ?? [1000]).filter((n) => n <= 1000));
   const f = (peer, payload = 100) => fanoutValue(doc, peer, big, payload);
+  const o = (peer, payload = 100) => fanoutValue(doc, peer, big, payload, "overload");
   const ramp = (peer) => doc.results[peer]?.ramp?.ramp?.handshakes_per_sec ?? null;
   const http0 = (peer) => doc.results[peer]?.http?.results?.find((r) => r.n === 0)?.requests_per_sec ?? null;
   const dedup = (peer, ratio) => doc.results[peer]?.dedup?.results?.find((r) => r.dup_ratio === ratio)?.cpu_us_per_publish ?? null;
   return {
-    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), first ÷ second; >1 means the first is cheaper per delivery. A peer whose run failed its checks gives null.`,
+    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery. A peer whose run failed its checks gives null.`,
     fanout_rust_over_js_twin: div(f("rust"), f("js-twin")),
     fanout_rust_over_js_twin_1kib: div(f("rust", 1024), f("js-twin", 1024)),
+    overload_fanout_rust_over_js_twin: div(o("rust"), o("js-twin")),
+    overload_fanout_rust_over_js_twin_1kib: div(o("rust", 1024), o("js-twin", 1024)),
+    overload_fanout_rust_over_partyserver: div(o("rust"), o("partyserver")),
+    overload_fanout_rust_over_native: div(o("rust"), o("native")),
     fanout_rust_over_partyserver: div(f("rust"), f("partyserver")),
     fanout_rust_over_node_ws: div(f("rust"), f("node-ws")),
     fanout_rust_over_native: div(f("rust"), f("native")),
