@@ -33,7 +33,7 @@ use crate::runtime::{json_response, log_line, now_ms, random_id};
 use limits::{Admit, ConnState};
 use log::{Appended, Arg, Cell, Head, Retention, Sql};
 use rpc::{ConnectRequest, PublishRequest, PublishResult, RoomInfo, UserEntry};
-use session::{info_raw, Session, CONN_TAG, USER_TAG};
+use session::{info_raw, Session};
 
 /// Most users listed in `welcome.presence` (contract §5).
 pub const MAX_PRESENCE_USERS: usize = 100;
@@ -311,7 +311,6 @@ impl Room {
         let c: ConnectRequest = serde_json::from_str(&header)
             .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
 
-        let user_tag = format!("{USER_TAG}{}", c.user);
         let existing = self.sockets.members(&self.state, |users| {
             users.get(&c.user).map_or(0, |m| m.sockets)
         });
@@ -333,9 +332,9 @@ impl Room {
             info: c.info.clone(),
             gone: false,
         };
-        let conn_tag = format!("{CONN_TAG}{conn}");
-        self.state
-            .accept_websocket_with_tags(&pair.server, &[user_tag.as_str(), conn_tag.as_str()]);
+        // No tags: the socket cache and its user index answer every lookup, and the
+        // attachment carries what survives hibernation.
+        self.state.accept_web_socket(&pair.server);
         pair.server
             .serialize_attachment(&session)
             .map_err(internal)?;

@@ -9,11 +9,6 @@ use serde_json::value::RawValue;
 
 use crate::auth::LEEWAY_SECS;
 
-/// Tag prefix for a user's sockets: `get_websockets_with_tag("u:alice")`.
-pub const USER_TAG: &str = "u:";
-/// Tag prefix for one connection: `get_websockets_with_tag("c:c_8f3a")`.
-pub const CONN_TAG: &str = "c:";
-
 /// A socket's attachment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Session {
