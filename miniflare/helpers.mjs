@@ -110,6 +110,8 @@ export class Client {
   constructor(ws) {
     this.ws = ws;
     this.frames = [];
+    /** How many WebSocket messages carried each recorded frame (1 = sent alone). */
+    this.carriers = [];
     this.waiters = [];
     this.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
     ws.on("message", (data, isBinary) => {
@@ -120,8 +122,10 @@ export class Client {
       } catch {
         parsed = { raw: text };
       }
-      for (const f of Array.isArray(parsed) ? parsed : [parsed]) {
+      const batch = Array.isArray(parsed) ? parsed : [parsed];
+      for (const f of batch) {
         this.frames.push(f);
+        this.carriers.push(batch.length);
         this.waiters = this.waiters.filter((w) => !w(f));
       }
     });

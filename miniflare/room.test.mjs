@@ -136,6 +136,29 @@ test("array frames: several publishes in one message, each acked, bad ones answe
   await Promise.all([a.close(), b.close()]);
 });
 
+test("a burst handled in one event leaves as one array per socket, each socket's frames in order", async () => {
+  const room = uid();
+  const [pub, r1, r2] = await clients(room, ["pub", "r1", "r2"]);
+  // 100 publishes in one WebSocket message are one event for the room: everything they
+  // produce is queued and flushed together (contract §5: the server may coalesce).
+  const n = 100;
+  pub.send(Array.from({ length: n }, (_, i) => ({ type: "publish", id: `c-${i}`, event: "e", data: i, echo: i % 2 === 0 })));
+  for (const r of [r1, r2]) {
+    const msgs = await r.nextN((f) => f.type === "message", n, "coalesced messages");
+    assert.deepEqual(msgs.map((m) => m.seq), Array.from({ length: n }, (_, i) => i + 1));
+    const first = r.frames.findIndex((f) => f.type === "message");
+    assert.ok(r.carriers.slice(first, first + n).every((size) => size === n), `one message of ${n} frames, got sizes ${r.carriers.slice(first, first + n)}`);
+  }
+  // The publisher gets its echoed messages (even ids) and every ack, and an echoed
+  // message always arrives before its own ack.
+  const acks = await pub.nextN((f) => f.type === "ack", n, "acks");
+  assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: n }, (_, i) => i + 1));
+  const order = pub.frames.filter((f) => f.type === "message" || f.type === "ack").map((f) => `${f.type}:${f.seq}`);
+  for (let i = 0; i < n; i += 2) assert.ok(order.indexOf(`message:${i + 1}`) < order.indexOf(`ack:${i + 1}`), `message ${i + 1} before its ack`);
+  assert.equal(order.filter((x) => x.startsWith("message:")).length, n / 2);
+  await Promise.all([pub, r1, r2].map((x) => x.close()));
+});
+
 test("bad frames get error frames and leave the socket open", async () => {
   const room = uid();
   const [a] = await clients(room, ["alice"]);

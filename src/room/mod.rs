@@ -335,9 +335,7 @@ impl Room {
         // No tags: the socket cache and its user index answer every lookup, and the
         // attachment carries what survives hibernation.
         self.state.accept_web_socket(&pair.server);
-        pair.server
-            .serialize_attachment(&session)
-            .map_err(internal)?;
+        session.attach(&pair.server)?;
         self.sockets.added(&pair.server, &session);
 
         // Presence is per user: announce a join only for the user's first socket.
@@ -639,7 +637,7 @@ impl Room {
             return;
         }
         session.gone = true;
-        let _ = ws.serialize_attachment(&session);
+        let _ = session.attach(ws);
         self.conns.borrow_mut().remove(&session.conn);
         // `ws` was removed from the cache above, so this counts the user's other sockets.
         let others = self.sockets.members(&self.state, |users| {

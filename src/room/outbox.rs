@@ -18,7 +18,8 @@
 
 use std::collections::HashSet;
 
-/// Most frames in one coalesced message; a longer queue leaves in several messages.
+/// Most frames in one coalesced message; a socket with more queued leaves them in several
+/// messages (the same bound as a client's array frame).
 pub const MAX_FRAMES_PER_MESSAGE: usize = 100;
 
 /// How long presence frames may wait for a flush in a room with `sockets` sockets: a
@@ -76,22 +77,20 @@ impl Outbox {
         self.items.is_empty()
     }
 
-    /// Takes up to [`MAX_FRAMES_PER_MESSAGE`] of the oldest queued frames as one batch.
+    /// Takes everything queued as one batch.
     pub fn take(&mut self) -> Batch {
-        let n = self.items.len().min(MAX_FRAMES_PER_MESSAGE);
-        let items: Vec<Item> = self.items.drain(..n).collect();
-        Batch::new(items)
+        Batch::new(std::mem::take(&mut self.items))
     }
 }
 
 /// What one socket gets from a batch.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload {
-    /// The batch's shared message ([`Batch::shared`]): the common case, one JS string for
-    /// every such socket.
+    /// The batch's shared messages ([`Batch::shared`]): the common case, converted to JS
+    /// strings once for every such socket.
     Shared,
-    /// A message of its own (it is named by an item, or joined mid-batch).
-    Own(String),
+    /// Messages of its own (it is named by an item, or joined mid-batch).
+    Own(Vec<String>),
     /// Nothing in this batch is for it.
     Nothing,
 }
@@ -102,8 +101,8 @@ pub struct Batch {
     items: Vec<Item>,
     /// Connections named by any item: they may need a message of their own.
     named: HashSet<String>,
-    /// The message for every other socket that was there before the batch began.
-    shared: Option<String>,
+    /// The messages for every other socket that was there before the batch began.
+    shared: Vec<String>,
 }
 
 impl Batch {
@@ -117,7 +116,7 @@ impl Batch {
                 To::All { except: None } => {}
             }
         }
-        let shared = join(
+        let shared = messages(
             items
                 .iter()
                 .filter(|i| matches!(i.to, To::All { .. }))
@@ -140,30 +139,32 @@ impl Batch {
         self.items.len()
     }
 
-    /// The message for sockets that get [`Payload::Shared`]; `None` when no frame is for
+    /// The messages for sockets that get [`Payload::Shared`]; empty when no frame is for
     /// everyone.
-    pub fn shared(&self) -> Option<&str> {
-        self.shared.as_deref()
+    pub fn shared(&self) -> &[String] {
+        &self.shared
     }
 
     /// What the socket `conn`, accepted at mark `since`, gets from this batch.
     pub fn payload(&self, conn: &str, since: u64) -> Payload {
         let first = self.items.first().map_or(u64::MAX, |i| i.mark);
         if since <= first && !self.named.contains(conn) {
-            return match self.shared {
-                Some(_) => Payload::Shared,
-                None => Payload::Nothing,
+            return if self.shared.is_empty() {
+                Payload::Nothing
+            } else {
+                Payload::Shared
             };
         }
-        let own = join(
+        let own = messages(
             self.items
                 .iter()
                 .filter(|i| i.mark >= since && reaches(&i.to, conn))
                 .map(|i| i.frame.as_str()),
         );
-        match own {
-            Some(message) => Payload::Own(message),
-            None => Payload::Nothing,
+        if own.is_empty() {
+            Payload::Nothing
+        } else {
+            Payload::Own(own)
         }
     }
 }
@@ -175,12 +176,16 @@ fn reaches(to: &To, conn: &str) -> bool {
     }
 }
 
-/// One frame as itself, several as a JSON array, none as `None`.
-fn join<'a>(frames: impl Iterator<Item = &'a str>) -> Option<String> {
+/// The WebSocket messages carrying `frames`: chunks of at most
+/// [`MAX_FRAMES_PER_MESSAGE`], a lone frame as itself, several as a JSON array.
+fn messages<'a>(frames: impl Iterator<Item = &'a str>) -> Vec<String> {
     let frames: Vec<&str> = frames.collect();
-    match frames.as_slice() {
-        [] => None,
-        [one] => Some((*one).to_string()),
+    frames.chunks(MAX_FRAMES_PER_MESSAGE).map(join).collect()
+}
+
+fn join(frames: &[&str]) -> String {
+    match frames {
+        [one] => (*one).to_string(),
         many => {
             let len = many.iter().map(|f| f.len() + 1).sum::<usize>() + 1;
             let mut out = String::with_capacity(len);
@@ -192,7 +197,7 @@ fn join<'a>(frames: impl Iterator<Item = &'a str>) -> Option<String> {
                 out.push_str(f);
             }
             out.push(']');
-            Some(out)
+            out
         }
     }
 }
@@ -205,12 +210,14 @@ mod tests {
         To::All { except: None }
     }
 
+    /// The socket's messages from `batch`, joined with `|` (`None` when there are none).
     fn got(batch: &Batch, conn: &str, since: u64) -> Option<String> {
-        match batch.payload(conn, since) {
-            Payload::Shared => batch.shared().map(str::to_string),
-            Payload::Own(s) => Some(s),
-            Payload::Nothing => None,
-        }
+        let messages = match batch.payload(conn, since) {
+            Payload::Shared => batch.shared().to_vec(),
+            Payload::Own(m) => m,
+            Payload::Nothing => return None,
+        };
+        Some(messages.join("|"))
     }
 
     #[test]
@@ -228,7 +235,7 @@ mod tests {
         let b = q.take();
         assert!(q.is_empty());
         assert_eq!(b.payload("c_1", 0), Payload::Shared);
-        assert_eq!(b.shared(), Some(r#"{"a":1}"#));
+        assert_eq!(b.shared(), [r#"{"a":1}"#.to_string()]);
     }
 
     #[test]
@@ -286,33 +293,45 @@ mod tests {
         let mut q = Outbox::default();
         q.push("{\"err\":1}".into(), To::One("c_a".into()));
         let b = q.take();
-        assert_eq!(b.shared(), None);
+        assert!(b.shared().is_empty());
         assert_eq!(b.payload("c_b", 0), Payload::Nothing);
         assert_eq!(got(&b, "c_a", 0).as_deref(), Some("{\"err\":1}"));
     }
 
     #[test]
-    fn long_queues_leave_in_bounded_messages() {
+    fn long_queues_leave_in_bounded_messages_per_socket() {
         let mut q = Outbox::default();
         for i in 0..(MAX_FRAMES_PER_MESSAGE * 2 + 1) {
             q.push(format!("{i}"), all());
+            // Acks for the publisher do not eat into everyone else's messages.
+            q.push(format!("\"ack{i}\""), To::One("c_pub".into()));
         }
-        let mut sizes = Vec::new();
+        let b = q.take();
+        assert!(q.is_empty());
+        let sizes: Vec<usize> = b
+            .shared()
+            .iter()
+            .map(|m| match serde_json::from_str::<serde_json::Value>(m) {
+                Ok(serde_json::Value::Array(a)) => a.len(),
+                _ => 1,
+            })
+            .collect();
+        assert_eq!(sizes, vec![100, 100, 1]);
         let mut seen = Vec::new();
-        while !q.is_empty() {
-            let b = q.take();
-            sizes.push(b.len());
-            let text = got(&b, "c", 0).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            match v {
+        for m in b.shared() {
+            match serde_json::from_str::<serde_json::Value>(m).unwrap_or_default() {
                 serde_json::Value::Array(a) => seen.extend(a),
                 other => seen.push(other),
             }
         }
-        assert_eq!(sizes, vec![100, 100, 1]);
         let expected: Vec<serde_json::Value> = (0..201)
             .map(|i| serde_json::Value::from(i as u64))
             .collect();
         assert_eq!(seen, expected);
+        // The publisher's own messages interleave its acks, still 100 frames at most each.
+        match b.payload("c_pub", 0) {
+            Payload::Own(m) => assert_eq!(m.len(), 5),
+            other => panic!("expected own messages, got {other:?}"),
+        }
     }
 }

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use wasm_bindgen::JsValue;
+use worker::web_sys;
+use worker::worker_sys::ext::WebSocketExt;
 
 use crate::auth::LEEWAY_SECS;
 
@@ -30,8 +33,32 @@ pub struct Session {
 
 impl Session {
     /// The session attached to a socket, if any.
+    ///
+    /// Stored as JSON text: reading a string attachment is one runtime call and a parse
+    /// in Wasm, where an object attachment costs a runtime call per field through
+    /// `serde_wasm_bindgen` — and this runs for every message a client sends. Object
+    /// attachments written by earlier versions are still read.
     pub fn of(ws: &worker::WebSocket) -> Option<Session> {
-        ws.deserialize_attachment::<Session>().ok().flatten()
+        let raw: &web_sys::WebSocket = ws.as_ref();
+        let value = raw.deserialize_attachment().ok()?;
+        match value.as_string() {
+            Some(text) => serde_json::from_str(&text).ok(),
+            None if value.is_null() || value.is_undefined() => None,
+            None => ws.deserialize_attachment::<Session>().ok().flatten(),
+        }
+    }
+
+    /// Attaches this session to a socket (see [`Session::of`]).
+    ///
+    /// # Errors
+    ///
+    /// The runtime's error, e.g. when the attachment exceeds its 2 KiB limit.
+    pub fn attach(&self, ws: &worker::WebSocket) -> crate::error::Result<()> {
+        let text = serde_json::to_string(self)
+            .map_err(|e| crate::error::Error::Internal(format!("session: {e}")))?;
+        let raw: &web_sys::WebSocket = ws.as_ref();
+        raw.serialize_attachment(JsValue::from_str(&text))
+            .map_err(|e| crate::error::Error::Internal(format!("attachment: {e:?}")))
     }
 
     /// Whether the token behind this socket has expired, allowing the clock leeway.

@@ -247,16 +247,19 @@ fn flush(shared: &Shared) {
         if batch.is_empty() {
             return;
         }
-        let common = batch.shared().map(JsValue::from_str);
+        let common: Vec<JsValue> = batch
+            .shared()
+            .iter()
+            .map(|m| JsValue::from_str(m))
+            .collect();
         let mut failed = Vec::new();
         if let Some(cache) = shared.cached.borrow().as_ref() {
             for e in &cache.sockets {
                 let sent = match batch.payload(&e.session.conn, e.since) {
-                    Payload::Shared => match &common {
-                        Some(js) => send_js(&e.ws, js),
-                        None => Ok(()),
-                    },
-                    Payload::Own(text) => send_js(&e.ws, &JsValue::from_str(&text)),
+                    Payload::Shared => common.iter().try_for_each(|js| send_js(&e.ws, js)),
+                    Payload::Own(messages) => messages
+                        .iter()
+                        .try_for_each(|m| send_js(&e.ws, &JsValue::from_str(m))),
                     Payload::Nothing => Ok(()),
                 };
                 if sent.is_err() {
