@@ -504,7 +504,8 @@ impl Room {
             Some(session.conn.as_str())
         };
         let (outcome, _) = self.publish(&p.id, &p.event, &p.data, Some(from), |frame| {
-            self.sockets.broadcast(&self.state, frame, except)
+            self.sockets.broadcast(&self.state, frame, except);
+            0
         })?;
         let ack = ServerFrame::Ack {
             id: &p.id,
@@ -552,7 +553,8 @@ impl Room {
             .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
         let except = body.exclude_conn.as_deref();
         let (outcome, delivered) = self.publish(&body.id, &body.event, &body.data, None, |f| {
-            self.sockets.broadcast(&self.state, f, except)
+            self.sockets.broadcast(&self.state, f, except);
+            self.sockets.audience(&self.state, except)
         })?;
         let epoch = self.with_head(|h| Ok(h.epoch.clone()))?;
         json_response(

@@ -159,14 +159,10 @@ impl Sockets {
         }
     }
 
-    /// Queues `frame` for every socket but the connection `except`; returns how many
-    /// sockets it is queued for.
-    pub fn broadcast(&self, state: &State, frame: String, except: Option<&str>) -> usize {
-        let audience = self.with(state, |list| {
-            list.iter()
-                .filter(|e| Some(e.session.conn.as_str()) != except)
-                .count()
-        });
+    /// Queues `frame` for every socket but the connection `except`.
+    pub fn broadcast(&self, state: &State, frame: String, except: Option<&str>) {
+        // The flush sends to the cached sockets, so they must be loaded by now.
+        self.with(state, |_| ());
         self.shared.outbox.borrow_mut().push(
             frame,
             To::All {
@@ -174,7 +170,16 @@ impl Sockets {
             },
         );
         self.schedule(0);
-        audience
+    }
+
+    /// How many sockets a broadcast excluding `except` reaches (O(sockets): for answers
+    /// that report it, not for the per-message path).
+    pub fn audience(&self, state: &State, except: Option<&str>) -> usize {
+        self.with(state, |list| {
+            list.iter()
+                .filter(|e| Some(e.session.conn.as_str()) != except)
+                .count()
+        })
     }
 
     /// Queues a presence frame for every socket but `except`. Unlike messages, presence
