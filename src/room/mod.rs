@@ -38,9 +38,6 @@ use session::{info_raw, Session};
 /// Most users listed in `welcome.presence` (contract §5).
 pub const MAX_PRESENCE_USERS: usize = 100;
 
-/// Messages per array frame when replaying.
-pub const REPLAY_BATCH: usize = 100;
-
 /// The Durable Object.
 #[durable_object]
 pub struct Room {
@@ -391,10 +388,10 @@ impl Room {
             },
         };
         send(&pair.server, &welcome.to_json());
-        // Replay as array frames (the contract lets the server coalesce): one send per
-        // hundred messages instead of one per message.
-        for chunk in frames.chunks(REPLAY_BATCH) {
-            send(&pair.server, &format!("[{}]", chunk.join(",")));
+        // Replay coalesced like live traffic (the contract lets the server coalesce): one
+        // send per up to 100 messages instead of one per message.
+        for message in outbox::messages(frames.iter().map(String::as_str)) {
+            send(&pair.server, &message);
         }
 
         log_line("socket.open", &[("conn", &conn), ("user", &c.user)]);

@@ -22,6 +22,12 @@ use std::collections::HashSet;
 /// messages (the same bound as a client's array frame).
 pub const MAX_FRAMES_PER_MESSAGE: usize = 100;
 
+/// Most bytes in one coalesced message, so that coalescing never makes a message much
+/// bigger than the largest single frame: 100 frames of up to `MAX_MESSAGE_BYTES` each
+/// could otherwise reach megabytes, beyond what some clients accept. A frame larger than
+/// this still leaves, alone.
+pub const MAX_BYTES_PER_MESSAGE: usize = 256 * 1024;
+
 /// How long presence frames may wait for a flush in a room with `sockets` sockets: a
 /// quarter of a millisecond per socket, at most two seconds. Every flush costs one send
 /// per socket, so this holds a join storm's presence traffic to about 4,000 sends a
@@ -176,11 +182,29 @@ fn reaches(to: &To, conn: &str) -> bool {
     }
 }
 
-/// The WebSocket messages carrying `frames`: chunks of at most
-/// [`MAX_FRAMES_PER_MESSAGE`], a lone frame as itself, several as a JSON array.
-fn messages<'a>(frames: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let frames: Vec<&str> = frames.collect();
-    frames.chunks(MAX_FRAMES_PER_MESSAGE).map(join).collect()
+/// The WebSocket messages carrying `frames`, in order: chunks of at most
+/// [`MAX_FRAMES_PER_MESSAGE`] frames and [`MAX_BYTES_PER_MESSAGE`] bytes (unless one
+/// frame alone is bigger), a lone frame as itself, several as a JSON array.
+/// Also used for replays, which are coalesced the same way.
+pub fn messages<'a>(frames: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<&str> = Vec::new();
+    let mut bytes = 0;
+    for frame in frames {
+        let full = chunk.len() == MAX_FRAMES_PER_MESSAGE
+            || (!chunk.is_empty() && bytes + frame.len() + 1 > MAX_BYTES_PER_MESSAGE);
+        if full {
+            out.push(join(&chunk));
+            chunk.clear();
+            bytes = 1;
+        }
+        bytes += frame.len() + 1;
+        chunk.push(frame);
+    }
+    if !chunk.is_empty() {
+        out.push(join(&chunk));
+    }
+    out
 }
 
 fn join(frames: &[&str]) -> String {
@@ -286,6 +310,27 @@ mod tests {
         );
         // Joined after everything in the batch: nothing.
         assert_eq!(b.payload("c_later", since + 1), Payload::Nothing);
+    }
+
+    #[test]
+    fn big_frames_leave_in_messages_bounded_by_bytes() {
+        let big = format!("\"{}\"", "x".repeat(100 * 1024));
+        let huge = format!("\"{}\"", "y".repeat(MAX_BYTES_PER_MESSAGE + 10));
+        let frames = [big.as_str(), big.as_str(), big.as_str(), huge.as_str(), "1"];
+        let out = messages(frames);
+        // Two 100 KiB frames fit in 256 KiB, a third does not; the oversized one goes
+        // alone; the small one after it starts a new message.
+        let counts: Vec<usize> = out
+            .iter()
+            .map(|m| match serde_json::from_str::<serde_json::Value>(m) {
+                Ok(serde_json::Value::Array(a)) => a.len(),
+                _ => 1,
+            })
+            .collect();
+        assert_eq!(counts, vec![2, 1, 1, 1]);
+        assert!(out.iter().take(2).all(|m| m.len() <= MAX_BYTES_PER_MESSAGE));
+        assert_eq!(out[2], huge);
+        assert_eq!(out[3], "1");
     }
 
     #[test]
