@@ -389,7 +389,7 @@ impl Room {
         };
         send(&pair.server, &welcome.to_json());
         // Replay coalesced like live traffic (the contract lets the server coalesce): one
-        // send per up to 100 messages instead of one per message.
+        // send per up to 1,000 messages (256 KiB) instead of one per message.
         for message in outbox::messages(frames.iter().map(String::as_str)) {
             send(&pair.server, &message);
         }
