@@ -15,13 +15,12 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use chrono::DateTime;
 use jwt_compact::{
     alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPrivateKey},
-    Algorithm, AlgorithmExt, AlgorithmSignature, Claims, Header, Renamed,
+    Algorithm, AlgorithmExt, AlgorithmSignature, Header, Renamed,
 };
 mod common;
-use common::{b64, fixture, private_jwk, public_jwk, NOW, SECRET};
+use common::{b64, claims, fixture, private_jwk, public_jwk, NOW, SECRET};
 use roomcast::auth::{
     pattern_matches, Identity, Perms, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     MAX_TOKEN_BYTES,
@@ -164,26 +163,6 @@ fn verifier(overrides: &[(&str, &str)]) -> Verifier {
 fn default_verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
     V.get_or_init(|| verifier(&[]))
-}
-
-/// Turns a JSON object into jwt-compact claims: integer `exp`/`nbf`/`iat` become the
-/// standard time claims; everything else (including a non-integer `exp`, for malformed
-/// vectors) stays in the custom part, which serializes flat beside them.
-fn claims(v: &Value) -> Claims<Map<String, Value>> {
-    let mut map = v.as_object().expect("claims must be an object").clone();
-    let mut time = |name: &str| {
-        let secs = map.get(name).and_then(Value::as_i64)?;
-        map.remove(name);
-        Some(DateTime::from_timestamp(secs, 0).expect("timestamp in range"))
-    };
-    let expiration = time("exp");
-    let not_before = time("nbf");
-    let issued_at = time("iat");
-    let mut c = Claims::new(map);
-    c.expiration = expiration;
-    c.not_before = not_before;
-    c.issued_at = issued_at;
-    c
 }
 
 /// Signs `claims` with the given algorithm and key through `AlgorithmExt::token`.

@@ -52,13 +52,13 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use jwt_compact::{
     alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPrivateKey},
-    Algorithm, AlgorithmExt, AlgorithmSignature, Claims, Header,
+    Algorithm, AlgorithmExt, AlgorithmSignature, Header,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::FileFailurePersistence;
 mod common;
-use common::{b64, private_jwk, public_jwk, NOW, SECRET};
+use common::{b64, claims, private_jwk, public_jwk, NOW, SECRET};
 use roomcast::auth::{
     sign, verify_signature, Identity, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     SIGNATURE_WINDOW_SECS,
@@ -69,7 +69,7 @@ use roomcast::protocol::{
     parse_message, valid_id, valid_tenant, ClientFrame, Parsed, MAX_BATCH, MAX_EVENT_LEN,
 };
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// `ProptestConfig::with_cases(cases)`, with failures persisted to
 /// `proptest-regressions/fuzz_parsers.txt` (proptest cannot place files for an integration
@@ -639,24 +639,6 @@ impl Alg {
             Alg::EdDsa => Some("ed-1"),
         }
     }
-}
-
-/// Integer `exp`/`nbf`/`iat` become jwt-compact's time claims; the rest stays custom.
-fn claims(v: &Value) -> Claims<Map<String, Value>> {
-    let mut map = v.as_object().expect("claims must be an object").clone();
-    let mut time = |name: &str| {
-        let secs = map.get(name).and_then(Value::as_i64)?;
-        map.remove(name);
-        Some(DateTime::from_timestamp(secs, 0).expect("timestamp in range"))
-    };
-    let expiration = time("exp");
-    let not_before = time("nbf");
-    let issued_at = time("iat");
-    let mut c = Claims::new(map);
-    c.expiration = expiration;
-    c.not_before = not_before;
-    c.issued_at = issued_at;
-    c
 }
 
 /// Signs `claims_json` with the configured key of `alg` and its `kid`.

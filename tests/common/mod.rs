@@ -4,8 +4,10 @@
 
 use std::sync::OnceLock;
 
+use chrono::DateTime;
 use jwt_compact::jwk::JsonWebKey;
-use serde_json::Value;
+use jwt_compact::Claims;
+use serde_json::{Map, Value};
 
 /// The fixed "current time" of every vector, unix seconds.
 pub const NOW: i64 = 1_800_000_000;
@@ -48,4 +50,24 @@ pub fn b64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Turns a JSON object into jwt-compact claims: integer `exp`/`nbf`/`iat` become the
+/// standard time claims; everything else (including a non-integer `exp`, for malformed
+/// vectors) stays in the custom part, which serializes flat beside them.
+pub fn claims(v: &Value) -> Claims<Map<String, Value>> {
+    let mut map = v.as_object().expect("claims must be an object").clone();
+    let mut time = |name: &str| {
+        let secs = map.get(name).and_then(Value::as_i64)?;
+        map.remove(name);
+        Some(DateTime::from_timestamp(secs, 0).expect("timestamp in range"))
+    };
+    let expiration = time("exp");
+    let not_before = time("nbf");
+    let issued_at = time("iat");
+    let mut c = Claims::new(map);
+    c.expiration = expiration;
+    c.not_before = not_before;
+    c.issued_at = issued_at;
+    c
 }
