@@ -2,7 +2,7 @@
 // ordering, array frames and per-frame errors.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { start, connect, userToken, token, signedFetch, uid } from "./helpers.mjs";
+import { start, connect, rejected, userToken, token, signedFetch, uid } from "./helpers.mjs";
 
 let env;
 // Ordering and fan-out are tested here, not rate limiting (hostile.test.mjs does that):
@@ -203,6 +203,35 @@ test("presence: join on a user's first socket, leave when the last one goes", as
   await a.next((f) => f.type === "presence" && f.op === "leave" && f.user === "bob");
   assert.equal(a.frames.filter((f) => f.type === "presence" && f.user === "bob").length, 2, "one join, one leave");
   await a.close();
+});
+
+test("presence=off: the socket still gets the snapshot and messages but no join/leave; others still see it", async () => {
+  const room = uid();
+  const [a] = await clients(room, ["alice"]);
+  const q = await connect(env.wsBase, room, await userToken("quiet"), { query: "presence=off" });
+  assert.equal(q.welcome.presence.count, 2, "the snapshot is still there");
+  await a.next((f) => f.type === "presence" && f.op === "join" && f.user === "quiet");
+  const b = await connect(env.wsBase, room, await userToken("bob"));
+  await a.next((f) => f.type === "presence" && f.op === "join" && f.user === "bob");
+  await b.close();
+  await a.next((f) => f.type === "presence" && f.op === "leave" && f.user === "bob");
+  // Frames reach a socket in the order the room made them: had bob's join or leave been
+  // for q, it would have arrived before this message.
+  await a.publish("after-bob");
+  await q.next((f) => f.type === "message" && f.id === "after-bob");
+  assert.deepEqual(q.frames.filter((f) => f.type === "presence"), []);
+  await q.close();
+  await a.next((f) => f.type === "presence" && f.op === "leave" && f.user === "quiet");
+  await a.close();
+});
+
+test("presence must be on or off", async () => {
+  const e = await rejected(connect(env.wsBase, uid(), await userToken("alice"), { query: "presence=none" }));
+  assert.equal(e.status, 400);
+  assert.equal(e.body.error.code, "bad_request");
+  assert.match(e.body.error.message, /presence must be "on" or "off"/);
+  const on = await connect(env.wsBase, uid(), await userToken("alice"), { query: "presence=on" });
+  await on.close();
 });
 
 test("ping is answered with pong", async () => {

@@ -241,6 +241,16 @@ async fn connect(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Resp
             Error::BadRequest("since must be a non-negative integer (the last seq you saw)".into())
         })?),
     };
+    let presence = match query(url, "presence").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "presence must be \"on\" or \"off\" (off: this socket gets no join/leave frames), not {:?}",
+                other.chars().take(32).collect::<String>()
+            )))
+        }
+    };
     let session = ConnectRequest {
         room: room.to_string(),
         user: identity.user,
@@ -250,6 +260,7 @@ async fn connect(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Resp
         subprotocol: offered,
         since,
         epoch: query(url, "epoch"),
+        presence,
     };
     let headers = Headers::new();
     headers.set("Upgrade", "websocket").map_err(internal)?;

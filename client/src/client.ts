@@ -99,6 +99,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   private readonly token: string | TokenProvider;
   private readonly url: string | URL | UrlProvider;
   private readonly tenant: string | undefined;
+  private readonly presenceEvents: boolean;
   private readonly echo: boolean;
   private readonly maxOutbox: number;
   private readonly maxInFlight: number;
@@ -158,6 +159,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     this.token = options.token;
     this.url = options.url;
     this.tenant = options.tenant;
+    this.presenceEvents = options.presence ?? true;
     this.echo = options.echo ?? false;
     this.maxOutbox = positive(options.maxOutbox, 1000);
     this.maxInFlight = positive(options.maxInFlight, 32);
@@ -344,6 +346,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       u.searchParams.set("epoch", this._epoch);
     }
     if (this.tenant !== undefined) u.searchParams.set("tenant", this.tenant);
+    if (!this.presenceEvents) u.searchParams.set("presence", "off");
     return u.toString();
   }
 

@@ -189,6 +189,12 @@ export interface RoomcastOptions {
   token: string | TokenProvider;
   /** Sent as `?tenant=`; must then equal the token's `tenant`. */
   tenant?: string;
+  /**
+   * Whether to receive presence `join`/`leave` frames (default true). `false` connects
+   * with `?presence=off`: the `welcome` snapshot still comes, and others still see this
+   * user, but a big room's arrivals and departures cost this client nothing.
+   */
+  presence?: boolean;
   /** WebSocket implementation; defaults to `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   /** Whether this client receives its own messages (default false, as on the wire). */

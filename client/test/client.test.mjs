@@ -76,6 +76,15 @@ test("url: http(s) becomes ws(s), a path prefix is kept, a provider is called pe
   assert.throws(() => new Roomcast({ url: "ws://x", room: "r", WebSocket: WS }), TypeError);
 });
 
+test("presence: false asks for no join/leave frames; the default sends nothing", async () => {
+  const { WS } = setup({ presence: false });
+  await settle();
+  assert.equal(WS.last.url.search, "?presence=off");
+  const d = setup({});
+  await settle();
+  assert.equal(d.WS.last.url.search, "");
+});
+
 test("an initial resume position is sent on the first connection", async () => {
   const { WS } = setup({ resume: { epoch: "e_9", seq: 42 } });
   await settle();

@@ -327,6 +327,7 @@ impl Room {
             write: c.write,
             exp: c.exp,
             info: c.info.clone(),
+            presence: c.presence,
             gone: false,
         };
         // No tags: the socket cache and its user index answer every lookup, and the
@@ -339,7 +340,7 @@ impl Room {
         if existing == 0 {
             self.sockets.announce(
                 &self.state,
-                presence_frame(PresenceOp::Join, &session),
+                || presence_frame(PresenceOp::Join, &session),
                 &conn,
             );
         }
@@ -645,7 +646,7 @@ impl Room {
         if others == 0 {
             self.sockets.announce(
                 &self.state,
-                presence_frame(PresenceOp::Leave, &session),
+                || presence_frame(PresenceOp::Leave, &session),
                 &session.conn,
             );
         }

@@ -45,6 +45,9 @@ pub fn presence_delay_ms(sockets: usize) -> i64 {
 pub enum To {
     /// Every socket, except the connection named (a publisher without `echo`).
     All { except: Option<String> },
+    /// Every socket that receives presence events (it did not connect with
+    /// `presence=off`), except the connection named (the one joining or leaving).
+    Watchers { except: String },
     /// One connection (an ack or an error).
     One(String),
 }
@@ -94,8 +97,8 @@ impl Outbox {
 /// What one socket gets from a batch.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload {
-    /// The batch's shared messages ([`Batch::shared`]): the common case, converted to JS
-    /// strings once for every such socket.
+    /// The batch's shared messages for its kind of socket ([`Batch::shared`]): the common
+    /// case, converted to JS strings once for every such socket.
     Shared,
     /// Messages of its own (it is named by an item, or joined mid-batch).
     Own(Vec<String>),
@@ -111,6 +114,9 @@ pub struct Batch {
     named: HashSet<String>,
     /// The messages for every other socket that was there before the batch began.
     shared: Vec<String>,
+    /// The same for sockets that opted out of presence events, when that differs (the
+    /// batch holds presence frames).
+    quiet: Option<Vec<String>>,
 }
 
 impl Batch {
@@ -118,7 +124,7 @@ impl Batch {
         let mut named = HashSet::new();
         for item in &items {
             match &item.to {
-                To::All { except: Some(c) } | To::One(c) => {
+                To::All { except: Some(c) } | To::Watchers { except: c } | To::One(c) => {
                     named.insert(c.clone());
                 }
                 To::All { except: None } => {}
@@ -127,13 +133,25 @@ impl Batch {
         let shared = messages(
             items
                 .iter()
-                .filter(|i| matches!(i.to, To::All { .. }))
+                .filter(|i| !matches!(i.to, To::One(_)))
                 .map(|i| i.frame.as_str()),
         );
+        let quiet = items
+            .iter()
+            .any(|i| matches!(i.to, To::Watchers { .. }))
+            .then(|| {
+                messages(
+                    items
+                        .iter()
+                        .filter(|i| matches!(i.to, To::All { .. }))
+                        .map(|i| i.frame.as_str()),
+                )
+            });
         Batch {
             items,
             named,
             shared,
+            quiet,
         }
     }
 
@@ -147,17 +165,22 @@ impl Batch {
         self.items.len()
     }
 
-    /// The messages for sockets that get [`Payload::Shared`]; empty when no frame is for
-    /// everyone.
-    pub fn shared(&self) -> &[String] {
-        &self.shared
+    /// The messages for sockets that get [`Payload::Shared`] — those that receive
+    /// presence events when `watches`, the others otherwise; empty when no frame is for
+    /// every such socket.
+    pub fn shared(&self, watches: bool) -> &[String] {
+        match (&self.quiet, watches) {
+            (Some(quiet), false) => quiet,
+            _ => &self.shared,
+        }
     }
 
-    /// What the socket `conn`, accepted at mark `since`, gets from this batch.
-    pub fn payload(&self, conn: &str, since: u64) -> Payload {
+    /// What the socket `conn`, accepted at mark `since`, gets from this batch; `watches`
+    /// says whether it receives presence events.
+    pub fn payload(&self, conn: &str, since: u64, watches: bool) -> Payload {
         let first = self.items.first().map_or(u64::MAX, |i| i.mark);
         if since <= first && !self.named.contains(conn) {
-            return if self.shared.is_empty() {
+            return if self.shared(watches).is_empty() {
                 Payload::Nothing
             } else {
                 Payload::Shared
@@ -166,7 +189,7 @@ impl Batch {
         let own = messages(
             self.items
                 .iter()
-                .filter(|i| i.mark >= since && reaches(&i.to, conn))
+                .filter(|i| i.mark >= since && reaches(&i.to, conn, watches))
                 .map(|i| i.frame.as_str()),
         );
         if own.is_empty() {
@@ -177,9 +200,10 @@ impl Batch {
     }
 }
 
-fn reaches(to: &To, conn: &str) -> bool {
+fn reaches(to: &To, conn: &str, watches: bool) -> bool {
     match to {
         To::All { except } => except.as_deref() != Some(conn),
+        To::Watchers { except } => watches && except != conn,
         To::One(c) => c == conn,
     }
 }
@@ -238,8 +262,13 @@ mod tests {
 
     /// The socket's messages from `batch`, joined with `|` (`None` when there are none).
     fn got(batch: &Batch, conn: &str, since: u64) -> Option<String> {
-        let messages = match batch.payload(conn, since) {
-            Payload::Shared => batch.shared().to_vec(),
+        got_as(batch, conn, since, true)
+    }
+
+    /// Like [`got`], for a socket that receives presence events only when `watches`.
+    fn got_as(batch: &Batch, conn: &str, since: u64, watches: bool) -> Option<String> {
+        let messages = match batch.payload(conn, since, watches) {
+            Payload::Shared => batch.shared(watches).to_vec(),
             Payload::Own(m) => m,
             Payload::Nothing => return None,
         };
@@ -260,8 +289,8 @@ mod tests {
         q.push(r#"{"a":1}"#.into(), all());
         let b = q.take();
         assert!(q.is_empty());
-        assert_eq!(b.payload("c_1", 0), Payload::Shared);
-        assert_eq!(b.shared(), [r#"{"a":1}"#.to_string()]);
+        assert_eq!(b.payload("c_1", 0, true), Payload::Shared);
+        assert_eq!(b.shared(true), [r#"{"a":1}"#.to_string()]);
     }
 
     #[test]
@@ -291,7 +320,7 @@ mod tests {
         q.push("{\"ack\":2}".into(), To::One("c_pub".into()));
         let b = q.take();
         assert_eq!(got(&b, "c_x", 0).as_deref(), Some("[{\"m\":1},{\"m\":2}]"));
-        assert!(matches!(b.payload("c_pub", 0), Payload::Own(_)));
+        assert!(matches!(b.payload("c_pub", 0, true), Payload::Own(_)));
         assert_eq!(
             got(&b, "c_pub", 0).as_deref(),
             Some("[{\"m\":1},{\"ack\":2}]")
@@ -311,7 +340,7 @@ mod tests {
             Some("[{\"m\":1},{\"m\":2}]")
         );
         // Joined after everything in the batch: nothing.
-        assert_eq!(b.payload("c_later", since + 1), Payload::Nothing);
+        assert_eq!(b.payload("c_later", since + 1, true), Payload::Nothing);
     }
 
     #[test]
@@ -340,8 +369,8 @@ mod tests {
         let mut q = Outbox::default();
         q.push("{\"err\":1}".into(), To::One("c_a".into()));
         let b = q.take();
-        assert!(b.shared().is_empty());
-        assert_eq!(b.payload("c_b", 0), Payload::Nothing);
+        assert!(b.shared(true).is_empty());
+        assert_eq!(b.payload("c_b", 0, true), Payload::Nothing);
         assert_eq!(got(&b, "c_a", 0).as_deref(), Some("{\"err\":1}"));
     }
 
@@ -356,7 +385,7 @@ mod tests {
         let b = q.take();
         assert!(q.is_empty());
         let sizes: Vec<usize> = b
-            .shared()
+            .shared(true)
             .iter()
             .map(|m| match serde_json::from_str::<serde_json::Value>(m) {
                 Ok(serde_json::Value::Array(a)) => a.len(),
@@ -368,7 +397,7 @@ mod tests {
             vec![MAX_FRAMES_PER_MESSAGE, MAX_FRAMES_PER_MESSAGE, 1]
         );
         let mut seen = Vec::new();
-        for m in b.shared() {
+        for m in b.shared(true) {
             match serde_json::from_str::<serde_json::Value>(m).unwrap_or_default() {
                 serde_json::Value::Array(a) => seen.extend(a),
                 other => seen.push(other),
@@ -379,9 +408,47 @@ mod tests {
             .collect();
         assert_eq!(seen, expected);
         // The publisher's own messages interleave its acks: twice the frames, same bound.
-        match b.payload("c_pub", 0) {
+        match b.payload("c_pub", 0, true) {
             Payload::Own(m) => assert_eq!(m.len(), 5),
             other => panic!("expected own messages, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn presence_frames_skip_sockets_that_opted_out_and_the_one_they_announce() {
+        let mut q = Outbox::default();
+        q.push("{\"m\":1}".into(), all());
+        q.push(
+            "{\"join\":\"c_new\"}".into(),
+            To::Watchers {
+                except: "c_new".into(),
+            },
+        );
+        q.push("{\"m\":2}".into(), all());
+        let b = q.take();
+        assert_eq!(
+            got_as(&b, "c_w", 0, true).as_deref(),
+            Some("[{\"m\":1},{\"join\":\"c_new\"},{\"m\":2}]")
+        );
+        assert_eq!(b.payload("c_q", 0, false), Payload::Shared);
+        assert_eq!(
+            got_as(&b, "c_q", 0, false).as_deref(),
+            Some("[{\"m\":1},{\"m\":2}]")
+        );
+        assert_eq!(
+            got_as(&b, "c_new", 0, true).as_deref(),
+            Some("[{\"m\":1},{\"m\":2}]")
+        );
+        // A batch of presence alone is nothing for a socket that opted out.
+        let mut q = Outbox::default();
+        q.push(
+            "{\"leave\":1}".into(),
+            To::Watchers {
+                except: "c_gone".into(),
+            },
+        );
+        let b = q.take();
+        assert_eq!(b.payload("c_q", 0, false), Payload::Nothing);
+        assert_eq!(got_as(&b, "c_w", 0, true).as_deref(), Some("{\"leave\":1}"));
     }
 }

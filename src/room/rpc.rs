@@ -40,6 +40,8 @@ pub struct ConnectRequest {
     pub since: Option<u64>,
     /// Resume: the epoch that seq belongs to.
     pub epoch: Option<String>,
+    /// Whether the socket receives presence `join`/`leave` frames (`presence=off` says no).
+    pub presence: bool,
 }
 
 /// A publish from the server API.

@@ -25,10 +25,24 @@ pub struct Session {
     pub exp: i64,
     /// The token's `info` as JSON object text.
     pub info: Option<String>,
+    /// Whether the socket receives presence `join`/`leave` frames (it did not connect
+    /// with `presence=off`). Left out of the attachment when true, the default, which is
+    /// also what attachments written before the option existed mean.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub presence: bool,
     /// Set once the room has said goodbye to this socket (closed it, or announced its
     /// `leave`), so that a later close or error event does not announce it twice.
     #[serde(default)]
     pub gone: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Session {
@@ -92,10 +106,27 @@ mod tests {
             write: true,
             exp: 1000,
             info: None,
+            presence: true,
             gone: false,
         };
         assert!(!s.expired(1000 + LEEWAY_SECS));
         assert!(s.expired(1001 + LEEWAY_SECS));
         assert_eq!(s.info_raw().get(), "{}");
+    }
+
+    #[test]
+    fn presence_defaults_on_and_only_off_is_stored() {
+        let old = r#"{"conn":"c_1","user":"u","write":true,"exp":1,"info":null}"#;
+        let s: Session = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.presence && !s.gone);
+        let on = serde_json::to_string(&s).unwrap_or_default();
+        assert!(!on.contains("presence"), "{on}");
+        let off = Session {
+            presence: false,
+            ..s
+        };
+        let text = serde_json::to_string(&off).unwrap_or_default();
+        assert!(text.contains(r#""presence":false"#), "{text}");
+        assert_eq!(serde_json::from_str::<Session>(&text).ok(), Some(off));
     }
 }

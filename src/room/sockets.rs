@@ -66,6 +66,8 @@ struct Cache {
     sockets: Vec<Entry>,
     /// Users by id: presence in `welcome`, `info` and the per-user connection limit.
     users: BTreeMap<String, Member>,
+    /// Sockets that receive presence frames (did not connect with `presence=off`).
+    watchers: usize,
 }
 
 impl Cache {
@@ -77,6 +79,7 @@ impl Cache {
                 sockets: 1,
                 info: entry.session.info.clone(),
             });
+        self.watchers += usize::from(entry.session.presence);
         self.sockets.push(entry);
     }
 
@@ -85,6 +88,7 @@ impl Cache {
             return;
         };
         let entry = self.sockets.swap_remove(i);
+        self.watchers -= usize::from(entry.session.presence);
         if let Some(m) = self.users.get_mut(&entry.session.user) {
             m.sockets -= 1;
             if m.sockets == 0 {
@@ -182,18 +186,24 @@ impl Sockets {
         })
     }
 
-    /// Queues a presence frame for every socket but `except`. Unlike messages, presence
-    /// may wait a little ([`presence_delay_ms`], growing with the room), so a join storm
-    /// into a big room costs one send per socket per interval, not one per join.
-    pub fn announce(&self, state: &State, frame: String, except: &str) {
-        let n = self.with(state, <[Entry]>::len);
+    /// Queues a presence frame for every socket that receives presence but `except`
+    /// (`frame` is built only if one does). Unlike messages, presence may wait a little
+    /// ([`presence_delay_ms`], growing with the room), so a join storm into a big room
+    /// costs one send per socket per interval, not one per join.
+    pub fn announce(&self, state: &State, frame: impl FnOnce() -> String, except: &str) {
+        // `except` may still be in the cache (a join) or not (a leave): counting it as a
+        // possible watcher at worst queues a frame nobody takes.
+        let watchers = self.with_cache(state, |c| c.watchers);
+        if watchers == 0 {
+            return;
+        }
         self.shared.outbox.borrow_mut().push(
-            frame,
-            To::All {
-                except: Some(except.to_string()),
+            frame(),
+            To::Watchers {
+                except: except.to_string(),
             },
         );
-        self.schedule(presence_delay_ms(n));
+        self.schedule(presence_delay_ms(watchers));
     }
 
     /// Sends `frame` to one socket: at once when nothing is queued, otherwise behind
@@ -252,16 +262,27 @@ fn flush(shared: &Shared) {
         if batch.is_empty() {
             return;
         }
-        let common: Vec<JsValue> = batch
-            .shared()
-            .iter()
-            .map(|m| JsValue::from_str(m))
-            .collect();
+        // Converted to JS strings once each, on first use: for sockets that receive
+        // presence frames and for those that opted out (the same when the batch holds none).
+        let to_js = |watches: bool| -> Vec<JsValue> {
+            batch
+                .shared(watches)
+                .iter()
+                .map(|m| JsValue::from_str(m))
+                .collect()
+        };
+        let (mut watching, mut quiet) = (None, None);
         let mut failed = Vec::new();
         if let Some(cache) = shared.cached.borrow().as_ref() {
             for e in &cache.sockets {
-                let sent = match batch.payload(&e.session.conn, e.since) {
-                    Payload::Shared => common.iter().try_for_each(|js| send_js(&e.ws, js)),
+                let watches = e.session.presence;
+                let sent = match batch.payload(&e.session.conn, e.since, watches) {
+                    Payload::Shared => {
+                        let slot = if watches { &mut watching } else { &mut quiet };
+                        slot.get_or_insert_with(|| to_js(watches))
+                            .iter()
+                            .try_for_each(|js| send_js(&e.ws, js))
+                    }
                     Payload::Own(messages) => messages
                         .iter()
                         .try_for_each(|m| send_js(&e.ws, &JsValue::from_str(m))),
