@@ -34,19 +34,26 @@ const option = (name, fallback) => {
 };
 const mode = flag("--quick") ? "quick" : "full";
 const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
-const ALL_SCENARIOS = ["ramp", "fanout", "overload", "rooms", "http", "dedup"];
+const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "rooms", "http", "dedup"];
 /** The load generator subcommand behind each scenario (the same as its name unless listed). */
-const SUBCOMMAND = { overload: "fanout" };
+const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp" };
+/**
+ * Query parameters a scenario adds to the socket URL. `ramp-quiet` is the ramp with every
+ * client connecting `presence=off` (no join/leave frames): the Rust room's presence
+ * traffic is quadratic in the room's size, and no other peer sends presence at all, so
+ * this is the like-for-like memory comparison; `ramp` keeps the contract's default.
+ */
+const QUERY = { "ramp-quiet": "presence=off" };
 const peers = option("--peers", ALL_PEERS.join(",")).split(",");
 const scenarios = option("--scenarios", ALL_SCENARIOS.join(",")).split(",");
 
 /** What each peer implements; a scenario a peer lacks is n/a for it. */
 const FEATURES = {
-  rust: { http: true, dedup: true, hibernation: true, path: "/v1/rooms/{room}/ws" },
-  "js-twin": { http: true, dedup: true, hibernation: true, path: "/v1/rooms/{room}/ws" },
-  partyserver: { http: false, dedup: false, hibernation: true, path: "/parties/chat/{room}" },
-  "node-ws": { http: true, dedup: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
-  native: { http: false, dedup: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
+  rust: { http: true, dedup: true, presence: true, hibernation: true, path: "/v1/rooms/{room}/ws" },
+  "js-twin": { http: true, dedup: true, presence: false, hibernation: true, path: "/v1/rooms/{room}/ws" },
+  partyserver: { http: false, dedup: false, presence: false, hibernation: true, path: "/parties/chat/{room}" },
+  "node-ws": { http: true, dedup: false, presence: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
+  native: { http: false, dedup: false, presence: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
 };
 
 /**
@@ -183,11 +190,11 @@ async function stopPeer(peer) {
 
 let roomPrefix = 0;
 
-function loadgen(peer, sub, subArgs) {
+function loadgen(peer, sub, subArgs, query) {
   const cmd = pin(1, [
     LOADGEN,
     "--ws-url", peer.wsUrl,
-    "--ws-path", peer.path,
+    "--ws-path", query ? `${peer.path}?${query}` : peer.path,
     "--http-url", peer.httpUrl,
     "--server-pid", String(peer.pid),
     "--prefix", `r${Date.now().toString(36)}${roomPrefix++}`,
@@ -218,9 +225,10 @@ function loadgen(peer, sub, subArgs) {
 }
 
 function scenarioArgs(name, peer) {
-  const p = PLAN[name];
+  const p = PLAN[name] ?? PLAN[SUBCOMMAND[name]]; // ramp-quiet runs the ramp's plan
   switch (name) {
     case "ramp":
+    case "ramp-quiet":
       return ["--n", p.n, "--idle-secs", FEATURES[peer].hibernation ? p.idle : p.idleNoHibernation];
     case "fanout":
     case "overload":
@@ -238,6 +246,7 @@ function scenarioArgs(name, peer) {
 function applicable(name, peer) {
   if (name === "http") return FEATURES[peer].http;
   if (name === "dedup") return FEATURES[peer].dedup;
+  if (name === "ramp-quiet") return FEATURES[peer].presence;
   return true;
 }
 
@@ -311,7 +320,7 @@ async function main() {
       let server;
       try {
         server = await startPeer(peer);
-        const r = await loadgen(server, SUBCOMMAND[name] ?? name, scenarioArgs(name, peer));
+        const r = await loadgen(server, SUBCOMMAND[name] ?? name, scenarioArgs(name, peer), QUERY[name]);
         results[peer][name] = r;
         const failed = (r.results ?? [r.wake ?? r]).filter((x) => x && x.ok === false).length + (r.error ? 1 : 0);
         log(`${peer}: ${name} done in ${r.loadgen_secs?.toFixed(1)} s${failed ? `, ${failed} FAILED phase(s)` : ""}`);

@@ -70,6 +70,15 @@ export function renderTable(doc) {
     const sec6 = `6. idle ${plan.ramp.idle} s (evicted) + wake-up, ${n} sockets`;
     row(sec6, "RSS Δ per idle socket, KiB", withScen("ramp", (s, p) => cell(fmt(s.rss_per_socket_idle_kib, 1) + (doc.features[p].hibernation ? "" : " ¹"), s.rss_per_socket_idle_kib)));
     row(sec6, "wake: first delivery / all, ms", withScen("ramp", (s, p) => cell(`${ms(s.wake?.first_delivery_ms)} / ${ms(s.wake?.all_delivered_ms)}` + (doc.features[p].hibernation ? "" : " ¹"), s.wake?.all_delivered_ms, s.wake?.ok !== false)));
+    if (doc.results.rust?.["ramp-quiet"]) {
+      // The same ramp with clients that opted out of presence frames: what the peers
+      // without presence are measured doing in the rows above.
+      const q = `1b + 6b. the same, clients connect with presence=off (no join/leave frames)`;
+      row(q, "handshakes/s", withScen("ramp-quiet", (s) => cell(fmt(s.ramp.handshakes_per_sec), s.ramp.handshakes_per_sec, s.ramp.failures === 0)));
+      row(q, "server CPU ms / handshake", withScen("ramp-quiet", (s) => cell(ms(s.server_cpu_ms_per_handshake), s.server_cpu_ms_per_handshake)));
+      row(q, "RSS Δ per idle socket, KiB", withScen("ramp-quiet", (s) => cell(fmt(s.rss_per_socket_idle_kib, 1), s.rss_per_socket_idle_kib)));
+      row(q, "wake: first delivery / all, ms", withScen("ramp-quiet", (s) => cell(`${ms(s.wake?.first_delivery_ms)} / ${ms(s.wake?.all_delivered_ms)}`, s.wake?.all_delivered_ms, s.wake?.ok !== false)));
+    }
   }
 
   // 2: fan-out, at the plan's offered load and (2b) above what one core can serve one
@@ -153,10 +162,11 @@ export function computeRatios(doc) {
   const f = (peer, payload = 100) => fanoutValue(doc, peer, big, payload);
   const o = (peer, payload = 100) => fanoutValue(doc, peer, big, payload, "overload");
   const ramp = (peer) => doc.results[peer]?.ramp?.ramp?.handshakes_per_sec ?? null;
+  const idle = (peer, scenario = "ramp") => doc.results[peer]?.[scenario]?.rss_per_socket_idle_kib ?? null;
   const http0 = (peer) => doc.results[peer]?.http?.results?.find((r) => r.n === 0)?.requests_per_sec ?? null;
   const dedup = (peer, ratio) => doc.results[peer]?.dedup?.results?.find((r) => r.dup_ratio === ratio)?.cpu_us_per_publish ?? null;
   return {
-    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery. A peer whose run failed its checks gives null.`,
+    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery. idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. A peer whose run failed its checks gives null.`,
     fanout_rust_over_js_twin: div(f("rust"), f("js-twin")),
     fanout_rust_over_js_twin_1kib: div(f("rust", 1024), f("js-twin", 1024)),
     overload_fanout_rust_over_js_twin: div(o("rust"), o("js-twin")),
@@ -169,6 +179,8 @@ export function computeRatios(doc) {
     fanout_js_twin_over_native: div(f("js-twin"), f("native")),
     fanout_native_over_rust: div(f("native"), f("rust")),
     ramp_handshakes_rust_over_js_twin: div(ramp("rust"), ramp("js-twin")),
+    idle_rss_rust_over_js_twin: div(idle("rust"), idle("js-twin")),
+    idle_rss_rust_presence_off_over_js_twin: div(idle("rust", "ramp-quiet"), idle("js-twin")),
     http_requests_rust_over_js_twin_0_sockets: div(http0("rust"), http0("js-twin")),
     dedup_cpu_50pct_over_0pct_rust: div(dedup("rust", 0.5), dedup("rust", 0)),
     dedup_cpu_50pct_over_0pct_js_twin: div(dedup("js-twin", 0.5), dedup("js-twin", 0)),
@@ -198,7 +210,7 @@ function formatText(doc, rows, ratios) {
   out.push("");
   out.push("¹ no hibernation: the socket stays in process memory; the wake-up is an ordinary message.");
   out.push("✗ a check failed (a lost, duplicated or reordered delivery, or a failed request): the numbers of that run are not comparable.");
-  out.push("n/a: the peer does not implement the feature (dedup, HTTP publish).");
+  out.push("n/a: the peer does not implement the feature (dedup, HTTP publish, presence).");
   for (const [peer, why] of Object.entries(doc.skipped ?? {})) out.push(`skipped ${peer}: ${why}`);
   const errors = [];
   for (const [peer, byScenario] of Object.entries(doc.results)) {
