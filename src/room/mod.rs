@@ -60,8 +60,8 @@ pub const EXPIRY_COALESCE_SECS: i64 = 5;
 /// `ctx.storage.sql` as the log's [`Sql`] engine.
 struct DoSql(SqlStorage);
 
-impl Sql for DoSql {
-    fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>> {
+impl DoSql {
+    fn exec(&self, query: &str, args: &[Arg<'_>]) -> Result<worker::SqlCursor> {
         let bindings: Vec<SqlStorageValue> = args
             .iter()
             .map(|a| match a {
@@ -69,10 +69,20 @@ impl Sql for DoSql {
                 Arg::Text(s) => SqlStorageValue::String((*s).to_string()),
             })
             .collect();
-        let cursor = self
-            .0
+        self.0
             .exec(query, bindings)
-            .map_err(|e| Error::Internal(format!("sql {query:?}: {e}")))?;
+            .map_err(|e| Error::Internal(format!("sql {query:?}: {e}")))
+    }
+}
+
+impl Sql for DoSql {
+    fn write(&self, query: &str, args: &[Arg<'_>]) -> Result<bool> {
+        // A statement without result rows has run to completion when `exec` returns.
+        Ok(self.exec(query, args)?.rows_written() > 0)
+    }
+
+    fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>> {
+        let cursor = self.exec(query, args)?;
         let mut rows = Vec::new();
         for row in cursor.raw() {
             let row = row.map_err(|e| Error::Internal(format!("sql row: {e}")))?;
