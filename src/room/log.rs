@@ -317,20 +317,22 @@ pub(crate) mod tests {
     /// The log over a real SQLite engine (rusqlite, bundled).
     pub struct Lite(pub Connection);
 
+    fn values(args: &[Arg<'_>]) -> Vec<rusqlite::types::Value> {
+        args.iter()
+            .map(|a| match a {
+                Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+                Arg::Text(s) => rusqlite::types::Value::Text(s.to_string()),
+            })
+            .collect()
+    }
+
     impl Sql for Lite {
         fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>> {
             let fail = |e: rusqlite::Error| Error::Internal(e.to_string());
             let mut stmt = self.0.prepare(query).map_err(fail)?;
-            let params: Vec<rusqlite::types::Value> = args
-                .iter()
-                .map(|a| match a {
-                    Arg::Int(i) => rusqlite::types::Value::Integer(*i),
-                    Arg::Text(s) => rusqlite::types::Value::Text(s.to_string()),
-                })
-                .collect();
             let n = stmt.column_count();
             let mut rows = stmt
-                .query(rusqlite::params_from_iter(params))
+                .query(rusqlite::params_from_iter(values(args)))
                 .map_err(fail)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(fail)? {
@@ -349,16 +351,9 @@ pub(crate) mod tests {
 
         fn write(&self, query: &str, args: &[Arg<'_>]) -> Result<bool> {
             let fail = |e: rusqlite::Error| Error::Internal(e.to_string());
-            let params: Vec<rusqlite::types::Value> = args
-                .iter()
-                .map(|a| match a {
-                    Arg::Int(i) => rusqlite::types::Value::Integer(*i),
-                    Arg::Text(s) => rusqlite::types::Value::Text(s.to_string()),
-                })
-                .collect();
             let changed = self
                 .0
-                .execute(query, rusqlite::params_from_iter(params))
+                .execute(query, rusqlite::params_from_iter(values(args)))
                 .map_err(fail)?;
             Ok(changed > 0)
         }
