@@ -34,9 +34,9 @@ const option = (name, fallback) => {
 };
 const mode = flag("--quick") ? "quick" : "full";
 const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
-const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "rooms", "http", "dedup"];
+const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "rooms", "http", "dedup", "interleaved"];
 /** The load generator subcommand behind each scenario (the same as its name unless listed). */
-const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp" };
+const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fanout" };
 /**
  * Query parameters a scenario adds to the socket URL. `ramp-quiet` is the ramp with every
  * client connecting `presence=off` (no join/leave frames): the Rust room's presence
@@ -44,6 +44,14 @@ const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp" };
  * this is the like-for-like memory comparison; `ramp` keeps the contract's default.
  */
 const QUERY = { "ramp-quiet": "presence=off" };
+/**
+ * `interleaved` is not run per peer like the others: it repeats the headline phase
+ * (fan-out 1→1000, 100 B, at the plan's load) for the Rust room and the JS twin in
+ * alternation, a fresh server each time, and reports medians. One 3 s phase per peer
+ * swings by ±10% on a shared machine; alternating rounds spread the machine's moods over
+ * both peers.
+ */
+const INTERLEAVED_PEERS = ["rust", "js-twin"];
 const peers = option("--peers", ALL_PEERS.join(",")).split(",");
 const scenarios = option("--scenarios", ALL_SCENARIOS.join(",")).split(",");
 
@@ -72,6 +80,7 @@ const PLAN = {
     rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 2, warmup: 0.5, payload: 100 },
     http: { sizes: [0, 100, 1000], concurrency: 8, duration: 2, warmup: 0.5, payload: 100 },
     dedup: { receivers: 10, rate: 500, ratios: [0, 0.5], duration: 2, warmup: 0.5, payload: 100 },
+    interleaved: { rounds: 3, n: 1000, payload: 100, dps: 20000, duration: 3, warmup: 0.5 },
   },
   full: {
     ramp: { n: 5000, idle: 15, idleNoHibernation: 5 },
@@ -80,6 +89,7 @@ const PLAN = {
     rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 10, warmup: 2, payload: 100 },
     http: { sizes: [0, 100, 1000], concurrency: 8, duration: 10, warmup: 2, payload: 100 },
     dedup: { receivers: 10, rate: 500, ratios: [0, 0.5], duration: 10, warmup: 2, payload: 100 },
+    interleaved: { rounds: 5, n: 1000, payload: 100, dps: 20000, duration: 10, warmup: 2 },
   },
 }[mode];
 
@@ -237,6 +247,8 @@ function scenarioArgs(name, peer) {
       return ["--rooms", p.rooms, "--per-room", p.perRoom, "--rate-per-room", p.rate, "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
     case "http":
       return ["--sizes", p.sizes.join(","), "--concurrency", p.concurrency, "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
+    case "interleaved":
+      return ["--sizes", p.n, "--payloads", p.payload, "--deliveries-per-sec", p.dps, "--duration", p.duration, "--warmup", p.warmup];
     case "dedup":
       return ["--receivers", p.receivers, "--rate", p.rate, "--ratios", p.ratios.join(","), "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
   }
@@ -308,6 +320,7 @@ async function main() {
   for (const peer of peers) {
     results[peer] = {};
     for (const name of scenarios) {
+      if (name === "interleaved") continue; // below, across peers
       if (skipped[peer]) {
         results[peer][name] = { error: `skipped: ${skipped[peer]}` };
         continue;
@@ -331,6 +344,26 @@ async function main() {
         if (e.startup) skipped[peer] = e.message;
       } finally {
         if (server) await stopPeer(server);
+      }
+    }
+  }
+  if (scenarios.includes("interleaved")) {
+    const pair = INTERLEAVED_PEERS.filter((p) => peers.includes(p) && !skipped[p]);
+    for (const peer of pair) results[peer].interleaved = { rounds: [] };
+    for (let round = 0; round < PLAN.interleaved.rounds; round++) {
+      for (const peer of pair) {
+        log(`${peer}: interleaved round ${round + 1}/${PLAN.interleaved.rounds}`);
+        let server;
+        try {
+          server = await startPeer(peer);
+          const r = await loadgen(server, "fanout", scenarioArgs("interleaved", peer));
+          results[peer].interleaved.rounds.push(r.results?.[0] ?? { ok: false, error: r.error ?? "no result" });
+        } catch (e) {
+          log(`${peer}: interleaved failed: ${e.message}`);
+          results[peer].interleaved.rounds.push({ ok: false, error: e.message });
+        } finally {
+          if (server) await stopPeer(server);
+        }
       }
     }
   }

@@ -109,6 +109,30 @@ export function renderTable(doc) {
   fanoutRows("fanout", "2. fan-out");
   fanoutRows("overload", "2b. overload: fan-out");
 
+  // 2c: the headline phase again, peers alternating (bench/run.mjs `interleaved`)
+  if (plan.interleaved && Object.values(doc.results).some((r) => r.interleaved)) {
+    const p = plan.interleaved;
+    const sec = `2c. fan-out 1→${p.n}, ${p.payload} B, ${fmt(p.dps / p.n)} msg/s, ${p.rounds} rounds alternating between peers: median (min–max)`;
+    const spread = (s, f, show) => {
+      const v = s.rounds.map(f).filter((x) => typeof x === "number");
+      return v.length ? `${show(median(v))} (${show(Math.min(...v))}–${show(Math.max(...v))})` : "–";
+    };
+    const interleaved = (r) => (r.interleaved ? { s: r.interleaved } : { skip: cell("–", null) }); // only the headline pair runs it
+    const allOk = (s) => s.rounds.length > 0 && s.rounds.every((x) => x.ok);
+    row(sec, "deliveries / server CPU-s", (r) => {
+      const { s, skip } = interleaved(r);
+      return skip ?? cell(spread(s, (x) => x.deliveries_per_cpu_sec, fmt), median(s.rounds.map((x) => x.deliveries_per_cpu_sec)), allOk(s));
+    });
+    row(sec, "latency p99 ms", (r) => {
+      const { s, skip } = interleaved(r);
+      return skip ?? cell(spread(s, (x) => x.latency?.p99_ms, ms), median(s.rounds.map((x) => x.latency?.p99_ms)), allOk(s));
+    });
+    row(sec, "delivered (exact, in order)", (r) => {
+      const { s, skip } = interleaved(r);
+      return skip ?? cell(allOk(s) ? "100%" : "✗", allOk(s) ? 1 : 0, allOk(s));
+    });
+  }
+
   // 3: many rooms
   if (plan.rooms) {
     const p = plan.rooms;
@@ -151,6 +175,14 @@ export function renderTable(doc) {
   return { rows, ratios, text: formatText(doc, rows, ratios) };
 }
 
+/** The median of the numbers in `values` (null when there are none). */
+export function median(values) {
+  const v = values.filter((x) => typeof x === "number").sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
 function fanoutValue(doc, peer, n, payload, scenario = "fanout") {
   const x = doc.results[peer]?.[scenario]?.results?.find((r) => r.n === n && r.payload === payload);
   return x && x.ok ? x.deliveries_per_cpu_sec : null;
@@ -164,11 +196,16 @@ export function computeRatios(doc) {
   const ramp = (peer) => doc.results[peer]?.ramp?.ramp?.handshakes_per_sec ?? null;
   const idle = (peer, scenario = "ramp") => doc.results[peer]?.[scenario]?.rss_per_socket_idle_kib ?? null;
   const http0 = (peer) => doc.results[peer]?.http?.results?.find((r) => r.n === 0)?.requests_per_sec ?? null;
+  const interleaved = (peer) => {
+    const rounds = doc.results[peer]?.interleaved?.rounds ?? [];
+    return rounds.length && rounds.every((x) => x.ok) ? median(rounds.map((x) => x.deliveries_per_cpu_sec)) : null;
+  };
   const dedup = (peer, ratio) => doc.results[peer]?.dedup?.results?.find((r) => r.dup_ratio === ratio)?.cpu_us_per_publish ?? null;
   return {
-    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery. idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. A peer whose run failed its checks gives null.`,
+    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery; *_interleaved: medians of the alternating rounds (2c). idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. A peer whose run failed its checks gives null.`,
     fanout_rust_over_js_twin: div(f("rust"), f("js-twin")),
     fanout_rust_over_js_twin_1kib: div(f("rust", 1024), f("js-twin", 1024)),
+    fanout_rust_over_js_twin_interleaved: div(interleaved("rust"), interleaved("js-twin")),
     overload_fanout_rust_over_js_twin: div(o("rust"), o("js-twin")),
     overload_fanout_rust_over_js_twin_1kib: div(o("rust", 1024), o("js-twin", 1024)),
     overload_fanout_rust_over_partyserver: div(o("rust"), o("partyserver")),
