@@ -19,6 +19,10 @@ pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 /// Default for `RATE_LIMIT_BURST`.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
 
+/// Default for `MAX_PENDING_BYTES`: 1 MiB a socket may leave unread before the room drops
+/// its ephemeral messages and then closes it with 4009 (contract §C).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 20;
+
 /// Numeric limits; the room reads these too, so they are a separate, `Copy` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -34,6 +38,8 @@ pub struct Limits {
     pub rate_limit_per_sec: u32,
     /// Publish token-bucket size per connection.
     pub rate_limit_burst: u32,
+    /// Unread bytes a socket may accumulate before it is treated as a slow consumer.
+    pub max_pending_bytes: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +51,7 @@ impl Default for Limits {
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             rate_limit_per_sec: DEFAULT_RATE_LIMIT_PER_SEC,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
         }
     }
 }
@@ -68,6 +75,7 @@ impl Limits {
             )?,
             rate_limit_per_sec: number(get, "RATE_LIMIT_PER_SEC", d.rate_limit_per_sec)?,
             rate_limit_burst: number(get, "RATE_LIMIT_BURST", d.rate_limit_burst)?,
+            max_pending_bytes: number(get, "MAX_PENDING_BYTES", d.max_pending_bytes)?,
         })
     }
 }

@@ -55,7 +55,7 @@ pub enum Error {
     #[error("{0}")]
     BadFrame(String),
     /// A frame's `type` is not one the server knows.
-    #[error("unknown frame type {0:?}; the client may send only \"publish\"")]
+    #[error("unknown frame type {0:?}; the client may send \"publish\" and \"received\"")]
     UnknownType(String),
     /// A publish `id` or `event` does not follow the contract's format.
     #[error("{0}")]
@@ -172,7 +172,7 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// WebSocket close codes from contract §5.
+/// WebSocket close codes from contract §5 and the v1.1 additions (docs/protocol.md).
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
@@ -180,13 +180,16 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Internal error: reconnect with backoff.
     pub const INTERNAL: u16 = 1011;
-    /// The server asks the client to reconnect.
-    pub const RECONNECT: u16 = 4000;
     /// Token expired: fetch a fresh token, then reconnect.
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// Sustained rate limiting.
     pub const RATE_LIMITED: u16 = 4008;
-    /// Protocol error (repeated bad frames): terminal.
+    /// Too slow: the socket did not read what the room sent it (docs/protocol.md §12);
+    /// reconnect with backoff and resume.
+    pub const TOO_SLOW: u16 = 4009;
+    /// Too many connections for this user in this room (a refused browser upgrade, §10).
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+    /// Protocol error (repeated bad frames) or a refused bad request: terminal.
     pub const PROTOCOL_ERROR: u16 = 4400;
     /// Forbidden: terminal.
     pub const FORBIDDEN: u16 = 4403;

@@ -8,8 +8,8 @@
 //! * [`protocol`]: frames and name formats (no `worker` types).
 //! * [`config`]: typed configuration with documented defaults.
 //! * [`error`]: the one error enum and its mapping to statuses, codes and close codes.
-//! * [`room`]: the Room Durable Object, thin glue over [`room::log`] (sequence and dedup in
-//!   SQLite) and [`room::session`] (what a socket keeps across hibernation).
+//! * [`room`]: the Room Durable Object, glue over [`room::core`] (the room's rules as a
+//!   state machine: events in, effects out) and [`room::log`] (sequence and dedup in SQLite).
 //! * [`runtime`]: clock, randomness, responses and log lines at the runtime's edge.
 
 pub mod auth;

@@ -61,20 +61,53 @@ pub fn check_room(room: &str) -> Result<()> {
     }
 }
 
+/// Longest conflation `key` of an ephemeral message (contract §B).
+pub const MAX_KEY_LEN: usize = 64;
+
 /// Validates an event id and name, shared by WebSocket publishes and the HTTP API.
 ///
 /// # Errors
 ///
 /// `InvalidId` saying which field is wrong and what format it needs.
 pub fn check_event(id: &str, event: &str) -> Result<()> {
-    if !valid_id(id) {
-        return Err(Error::InvalidId(
-            "id must be 1-128 characters from A-Z a-z 0-9 _ . : - and stay the same across retries"
-                .into(),
-        ));
+    check_publish(Some(id), event, None, false)
+}
+
+/// The one validation of a publish, shared by every path that publishes (WebSocket
+/// frames, the server API, client HTTP publishes): a durable publish needs an `id`, an
+/// ephemeral one may carry one; `event` is 1–64 characters; an ephemeral `key` is at most
+/// 64 characters.
+///
+/// # Errors
+///
+/// `InvalidId` saying which field is wrong and what format it needs.
+pub fn check_publish(
+    id: Option<&str>,
+    event: &str,
+    key: Option<&str>,
+    ephemeral: bool,
+) -> Result<()> {
+    match id {
+        Some(id) if !valid_id(id) => {
+            return Err(Error::InvalidId(
+                "id must be 1-128 characters from A-Z a-z 0-9 _ . : - and stay the same across retries"
+                    .into(),
+            ))
+        }
+        None if !ephemeral => {
+            return Err(Error::InvalidId(
+                "a durable publish needs an id (1-128 characters from A-Z a-z 0-9 _ . : -), stable across retries".into(),
+            ))
+        }
+        _ => {}
     }
     if event.is_empty() || event.chars().count() > MAX_EVENT_LEN {
         return Err(Error::InvalidId("event must be 1-64 characters".into()));
+    }
+    if let Some(key) = key {
+        if key.is_empty() || key.chars().count() > MAX_KEY_LEN {
+            return Err(Error::InvalidId("key must be 1-64 characters".into()));
+        }
     }
     Ok(())
 }
@@ -84,8 +117,40 @@ pub fn check_event(id: &str, event: &str) -> Result<()> {
 /// raw `data` payload.
 #[derive(Debug)]
 pub enum ClientFrame {
-    /// Publish an event into the room.
+    /// Publish an event into the room: sequenced, stored, deduplicated.
     Publish(Publish),
+    /// Publish an ephemeral event (`"ephemeral":true`, contract §B): fanned out only.
+    Ephemeral(Ephemeral),
+    /// How many WebSocket messages the client has read on this connection (slow
+    /// consumers, docs/protocol.md §12).
+    Received(Received),
+}
+
+/// The body of a `publish` frame with `"ephemeral":true`.
+#[derive(Debug, Deserialize)]
+pub struct Ephemeral {
+    /// Optional client id; when given, the sender gets an `ack` naming it.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Event name, 1–64 chars.
+    pub event: String,
+    /// Any JSON; `null` when absent.
+    #[serde(default = "null_raw")]
+    pub data: Box<RawValue>,
+    /// Conflation key: a newer message with the same sender, event and key replaces a
+    /// queued older one.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Whether the sender also receives its own message.
+    #[serde(default)]
+    pub echo: bool,
+}
+
+/// The body of a `received` frame.
+#[derive(Debug, Deserialize)]
+pub struct Received {
+    /// WebSocket messages received on this connection so far, `pong` excluded.
+    pub messages: u64,
 }
 
 /// The body of a `publish` frame. Unknown fields are ignored so that newer clients can
@@ -149,6 +214,8 @@ struct Peek<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<std::borrow::Cow<'a, str>>,
     id: Option<serde_json::Value>,
+    #[serde(default)]
+    ephemeral: Option<serde_json::Value>,
 }
 
 fn parse_frame(text: &str) -> Parsed {
@@ -176,15 +243,43 @@ fn parse_frame(text: &str) -> Parsed {
         .map(str::to_string);
     match peek.kind.as_deref() {
         None => Err((id, Error::BadFrame("frame has no string \"type\"".into()))),
-        Some("publish") => {
-            let p: Publish = serde_json::from_str(text).map_err(|e| {
+        Some("publish") => match peek.ephemeral {
+            None | Some(serde_json::Value::Bool(false)) => {
+                let p: Publish = serde_json::from_str(text).map_err(|e| {
+                    (
+                        id.clone(),
+                        Error::BadFrame(format!("bad publish frame: {e}")),
+                    )
+                })?;
+                check_event(&p.id, &p.event).map_err(|e| (id, e))?;
+                Ok(ClientFrame::Publish(p))
+            }
+            Some(serde_json::Value::Bool(true)) => {
+                let p: Ephemeral = serde_json::from_str(text).map_err(|e| {
+                    (
+                        id.clone(),
+                        Error::BadFrame(format!("bad ephemeral publish frame: {e}")),
+                    )
+                })?;
+                check_publish(p.id.as_deref(), &p.event, p.key.as_deref(), true)
+                    .map_err(|e| (id, e))?;
+                Ok(ClientFrame::Ephemeral(p))
+            }
+            Some(_) => Err((
+                id,
+                Error::BadFrame("\"ephemeral\" must be true or false".into()),
+            )),
+        },
+        Some("received") => {
+            let r: Received = serde_json::from_str(text).map_err(|e| {
                 (
-                    id.clone(),
-                    Error::BadFrame(format!("bad publish frame: {e}")),
+                    None,
+                    Error::BadFrame(format!(
+                        "bad received frame (expected {{\"type\":\"received\",\"messages\":N}}): {e}"
+                    )),
                 )
             })?;
-            check_event(&p.id, &p.event).map_err(|e| (id, e))?;
-            Ok(ClientFrame::Publish(p))
+            Ok(ClientFrame::Received(r))
         }
         Some(other) => {
             let shown: String = other.chars().take(32).collect();
@@ -261,6 +356,9 @@ pub enum ServerFrame<'a> {
         resume: Resume,
         /// Who is here.
         presence: Presence<'a>,
+        /// Whether the room reads `received` frames (docs/protocol.md §12); clients that
+        /// send them are bounded exactly instead of by an estimate.
+        receipts: bool,
     },
     /// A message published into the room.
     Message {
@@ -276,6 +374,34 @@ pub enum ServerFrame<'a> {
         from: Option<From>,
         /// Server time of acceptance, in ms since the epoch.
         ts: i64,
+    },
+    /// An ephemeral message (contract §B): no `seq`, never stored.
+    #[serde(rename = "message")]
+    Ephemeral {
+        /// Always true.
+        ephemeral: bool,
+        /// The publisher's id, when it gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        /// Event name.
+        event: &'a str,
+        /// The conflation key, when the publisher gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        /// Payload.
+        data: &'a RawValue,
+        /// Sender, or `null` for server broadcasts.
+        from: Option<From>,
+        /// Server time of fan-out, in ms since the epoch.
+        ts: i64,
+    },
+    /// Acknowledges an ephemeral publish that carried an id.
+    #[serde(rename = "ack")]
+    EphemeralAck {
+        /// The publish's id.
+        id: &'a str,
+        /// Always true.
+        ephemeral: bool,
     },
     /// Acknowledges a publish.
     Ack {

@@ -13,7 +13,7 @@ use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Respons
 use crate::auth::{self, Identity, Verifier};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::protocol::{check_event, check_room, null_raw, valid_tenant};
+use crate::protocol::{check_event, check_publish, check_room, null_raw, valid_tenant};
 use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult};
 use crate::runtime::{error_response, json_response, log_line, now_ms};
 
@@ -348,6 +348,9 @@ struct PublishBody {
     #[serde(default = "null_raw")]
     data: Box<RawValue>,
     exclude_conn: Option<String>,
+    #[serde(default)]
+    ephemeral: bool,
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +360,8 @@ struct BroadcastBody {
     event: String,
     #[serde(default = "null_raw")]
     data: Box<RawValue>,
+    #[serde(default)]
+    ephemeral: bool,
 }
 
 /// The event id from the body or the `Idempotency-Key` header; they must agree.
@@ -381,6 +386,15 @@ fn validate_event(id: &str, event: &str) -> Result<()> {
     check_event(id, event).map_err(|e| Error::BadRequest(e.to_string()))
 }
 
+/// The id of a server-API publish: required for durable messages; optional for ephemeral
+/// ones (an id given either way is checked and must agree with `Idempotency-Key`).
+fn publish_id(body_id: Option<String>, ephemeral: bool, req: &Request) -> Result<Option<String>> {
+    if ephemeral && body_id.is_none() && header(req, "Idempotency-Key").is_none() {
+        return Ok(None);
+    }
+    event_id(body_id, req).map(Some)
+}
+
 async fn publish_to_room(
     env: &Env,
     tenant: Option<&str>,
@@ -403,14 +417,22 @@ async fn publish(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<R
     let (config, verifier) = load(env)?;
     let (tenant, body) = server_auth(&mut req, url, &config, &verifier).await?;
     let body: PublishBody = serde_json::from_slice(&body).map_err(bad_body)?;
-    let id = event_id(body.id, &req)?;
-    validate_event(&id, &body.event)?;
+    let id = publish_id(body.id, body.ephemeral, &req)?;
+    check_publish(
+        id.as_deref(),
+        &body.event,
+        body.key.as_deref(),
+        body.ephemeral,
+    )
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
     let request = PublishRequest {
         room: room.to_string(),
         id,
         event: body.event,
         data: body.data,
         exclude_conn: body.exclude_conn,
+        ephemeral: body.ephemeral,
+        key: body.key,
     };
     publish_to_room(env, tenant.as_deref(), &request).await
 }
@@ -444,16 +466,23 @@ async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
             body.rooms.len()
         )));
     }
+    if body.ephemeral {
+        return Err(Error::BadRequest(
+            "ephemeral messages are published per room (POST /v1/rooms/{room}/messages); /v1/broadcast stores and sequences".into(),
+        ));
+    }
     let id = event_id(body.id, &req)?;
     validate_event(&id, &body.event)?;
     let tenant = tenant.as_deref();
     let calls = body.rooms.iter().map(|room| {
         let request = PublishRequest {
             room: room.clone(),
-            id: id.clone(),
+            id: Some(id.clone()),
             event: body.event.clone(),
             data: body.data.clone(),
             exclude_conn: None,
+            ephemeral: false,
+            key: None,
         };
         async move {
             check_room(&request.room)?;

@@ -389,6 +389,14 @@ fn check_parsed(item: &Parsed) -> Result<(), TestCaseError> {
             );
             prop_assert_eq!(data.trim(), data);
         }
+        Ok(ClientFrame::Ephemeral(p)) => {
+            if let Some(id) = &p.id {
+                prop_assert!(valid_id(id), "accepted invalid id {id:?}");
+            }
+            let n = p.event.chars().count();
+            prop_assert!((1..=MAX_EVENT_LEN).contains(&n), "event {:?}", p.event);
+        }
+        Ok(ClientFrame::Received(_)) => {}
         Err((id, e)) => {
             if let Some(id) = id {
                 prop_assert!(valid_id(id), "error carries invalid id {id:?}");
@@ -415,6 +423,14 @@ fn verdict(item: &Parsed) -> String {
             p.echo,
             p.data.get()
         ),
+        Ok(ClientFrame::Ephemeral(p)) => format!(
+            "ephemeral id={:?} event={:?} key={:?} data={}",
+            p.id,
+            p.event,
+            p.key,
+            p.data.get()
+        ),
+        Ok(ClientFrame::Received(r)) => format!("received {}", r.messages),
         Err((id, e)) => format!("err id={id:?} {e:?}"),
     }
 }
@@ -517,7 +533,7 @@ proptest! {
                 prop_assert_eq!(p.echo, echo.unwrap_or(false));
                 prop_assert_eq!(p.data.get(), data_text.as_str());
             }
-            Err(e) => prop_assert!(false, "well-formed publish rejected: {e:?}"),
+            other => prop_assert!(false, "well-formed publish not parsed as one: {other:?}"),
         }
     }
 }

@@ -53,13 +53,14 @@ fn welcome_with_resume_and_presence() {
                 },
             ],
         },
+        receipts: true,
     };
     assert_eq!(
         frame.to_json(),
         concat!(
             r#"{"type":"welcome","room":"doc-42","conn":"c_8f3a","user":"alice","epoch":"e_91kq","seq":41,"#,
             r#""resume":{"requested":true,"recovered":true,"replayed":3},"#,
-            r#""presence":{"count":2,"users":[{"user":"alice","info":{}},{"user":"bob","info":{"name":"Bob"}}]}}"#
+            r#""presence":{"count":2,"users":[{"user":"alice","info":{}},{"user":"bob","info":{"name":"Bob"}}]},"receipts":true}"#
         )
     );
 }
@@ -77,10 +78,11 @@ fn welcome_fresh_connection() {
             count: 0,
             users: vec![],
         },
+        receipts: true,
     };
     assert_eq!(
         frame.to_json(),
-        r#"{"type":"welcome","room":"lobby","conn":"c_1","user":"u","epoch":"e_1","seq":0,"resume":{"requested":false,"recovered":false,"replayed":0},"presence":{"count":0,"users":[]}}"#
+        r#"{"type":"welcome","room":"lobby","conn":"c_1","user":"u","epoch":"e_1","seq":0,"resume":{"requested":false,"recovered":false,"replayed":0},"presence":{"count":0,"users":[]},"receipts":true}"#
     );
 }
 
@@ -319,7 +321,7 @@ fn one(text: &str) -> Parsed {
 fn publish(parsed: &Parsed) -> &Publish {
     match parsed {
         Ok(ClientFrame::Publish(p)) => p,
-        Err(e) => panic!("expected a publish, got {e:?}"),
+        other => panic!("expected a publish, got {other:?}"),
     }
 }
 
@@ -330,6 +332,73 @@ fn frame_error(parsed: &Parsed) -> (Option<&str>, &Error) {
         Err((id, e)) => (id.as_deref(), e),
         Ok(f) => panic!("expected an error, got {f:?}"),
     }
+}
+
+#[test]
+fn ephemeral_message_and_ack() {
+    let data = raw(r#"{"x":10,"y":20}"#);
+    let frame = ServerFrame::Ephemeral {
+        ephemeral: true,
+        id: None,
+        event: "cursor",
+        key: None,
+        data: &data,
+        from: Some(From {
+            user: "alice".into(),
+            conn: "c_8f3a".into(),
+        }),
+        ts: 1_732_270_000_000,
+    };
+    assert_eq!(
+        frame.to_json(),
+        r#"{"type":"message","ephemeral":true,"event":"cursor","data":{"x":10,"y":20},"from":{"user":"alice","conn":"c_8f3a"},"ts":1732270000000}"#
+    );
+    let ack = ServerFrame::EphemeralAck {
+        id: "t1",
+        ephemeral: true,
+    };
+    assert_eq!(
+        ack.to_json(),
+        r#"{"type":"ack","id":"t1","ephemeral":true}"#
+    );
+}
+
+#[test]
+fn golden_ephemeral_publish_and_receipt() {
+    let parsed =
+        one(r#"{"type":"publish","ephemeral":true,"event":"cursor","key":"pen","data":{"x":1}}"#);
+    let Ok(ClientFrame::Ephemeral(p)) = &parsed else {
+        panic!("expected an ephemeral publish, got {parsed:?}")
+    };
+    assert_eq!(
+        (p.id.as_deref(), p.event.as_str(), p.key.as_deref()),
+        (None, "cursor", Some("pen"))
+    );
+    assert_eq!(p.data.get(), r#"{"x":1}"#);
+    // `"ephemeral":false` is an ordinary publish, which needs an id.
+    let durable = one(r#"{"type":"publish","ephemeral":false,"event":"e"}"#);
+    let (id, e) = frame_error(&durable);
+    assert_eq!((id, e.code()), (None, "invalid_id"));
+    let odd = one(r#"{"type":"publish","ephemeral":"yes","id":"a","event":"e"}"#);
+    assert_eq!(
+        frame_error(&odd),
+        (
+            Some("a"),
+            &Error::BadFrame("\"ephemeral\" must be true or false".into())
+        )
+    );
+    let long_key = format!(
+        r#"{{"type":"publish","ephemeral":true,"event":"e","key":"{}"}}"#,
+        "k".repeat(65)
+    );
+    assert_eq!(frame_error(&one(&long_key)).1.code(), "invalid_id");
+    let parsed = one(r#"{"type":"received","messages":42}"#);
+    assert!(
+        matches!(&parsed, Ok(ClientFrame::Received(r)) if r.messages == 42),
+        "{parsed:?}"
+    );
+    let negative = one(r#"{"type":"received","messages":-1}"#);
+    assert_eq!(frame_error(&negative).1.code(), "bad_frame");
 }
 
 #[test]

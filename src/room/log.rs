@@ -6,16 +6,23 @@
 //! runtime commits all writes made without an intervening `await` as one atomic batch, so
 //! an append (dedup row + message row + head) can never be half-applied.
 //!
-//! Storage format (schema version 1), documented in `docs/storage.md`:
+//! Storage format (schema version 2), documented in `docs/storage.md`:
 //!
 //! * `meta(key PRIMARY KEY, value)`: `schema_version`, `epoch`, `last_seq`.
 //! * `events(id PRIMARY KEY, seq, ts)`: every accepted id with its seq and accept time (ms).
-//! * `messages(seq PRIMARY KEY, frame)`: the serialized `message` frame, for replay.
+//! * `messages(seq PRIMARY KEY, id, event, data, from_user, from_conn, ts)`: each message
+//!   as a neutral [`Record`], encoded to a wire format only at the edge (`codec`), so a
+//!   second encoding costs an encoder, not a migration. Version 1 stored the v1 wire JSON
+//!   itself; [`open`] migrates such rooms in place.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
+use crate::protocol::From;
 
 /// Current storage schema version, stored in `meta.schema_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Prune old rows once every this many appends. Pruning on every write would double the
 /// writes per publish; never pruning would let an idle-but-busy room grow without bound.
@@ -29,6 +36,15 @@ pub enum Arg<'a> {
     Int(i64),
     /// A string.
     Text(&'a str),
+    /// SQL NULL.
+    Null,
+}
+
+impl<'a> Arg<'a> {
+    /// Text, or NULL for `None`.
+    pub fn opt(text: Option<&'a str>) -> Self {
+        text.map_or(Arg::Null, Arg::Text)
+    }
 }
 
 /// A value read from a row.
@@ -58,6 +74,13 @@ impl Cell {
             other => Err(Error::Internal(format!("expected text, got {other:?}"))),
         }
     }
+
+    fn opt_text(self) -> Result<Option<String>> {
+        match self {
+            Cell::Null => Ok(None),
+            other => other.text().map(Some),
+        }
+    }
 }
 
 /// The SQL engine the log runs on.
@@ -79,18 +102,21 @@ pub trait Sql {
     fn write(&self, query: &str, args: &[Arg<'_>]) -> Result<bool>;
 }
 
+/// The tables of the current version. `IF NOT EXISTS` throughout: this runs on every
+/// open (after each wake-up), and must be a no-op for a room already at this version.
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
     "CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
-    "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
-    // The head advances with every stored message inside SQLite, instead of as a third
-    // statement per publish from Wasm (each statement costs a runtime round trip). Code
-    // that still updates `last_seq` itself writes the same value, so this is compatible
-    // in both directions and needs no new schema version.
-    "CREATE TRIGGER IF NOT EXISTS advance_head AFTER INSERT ON messages \
-     BEGIN UPDATE meta SET value = NEW.seq WHERE key = 'last_seq'; END",
+    MESSAGES_TABLE,
+    ADVANCE_HEAD,
 ];
+
+const MESSAGES_TABLE: &str = "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, from_user TEXT, from_conn TEXT, ts INTEGER NOT NULL)";
+
+/// The head advances with every stored message inside SQLite, instead of as a third
+/// statement per publish from Wasm (each statement costs a runtime round trip).
+const ADVANCE_HEAD: &str = "CREATE TRIGGER IF NOT EXISTS advance_head AFTER INSERT ON messages \
+     BEGIN UPDATE meta SET value = NEW.seq WHERE key = 'last_seq'; END";
 
 /// What the room keeps in memory about its log; reloaded from storage after a wake-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +125,23 @@ pub struct Head {
     pub epoch: String,
     /// Last assigned sequence number (0 when empty).
     pub last_seq: u64,
+}
+
+/// One stored message, independent of any wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Per-room sequence number.
+    pub seq: u64,
+    /// Event id (the dedup key).
+    pub id: String,
+    /// Event name.
+    pub event: String,
+    /// Payload as raw JSON text, exactly as published.
+    pub data: String,
+    /// Sender; `None` for server broadcasts.
+    pub from: Option<From>,
+    /// Acceptance time, ms since the unix epoch.
+    pub ts: i64,
 }
 
 /// The outcome of an append. A duplicate is a result, not an error.
@@ -128,48 +171,116 @@ pub struct Retention {
     pub dedup_window_ms: i64,
 }
 
-/// Creates the schema if needed and loads the head, creating the epoch once.
+/// Creates the schema if needed, migrates older versions in place, and loads the head,
+/// creating the epoch once.
 ///
 /// # Errors
 ///
 /// `Internal` when storage fails or holds a newer schema than this code understands.
 pub fn open(sql: &dyn Sql, new_epoch: &dyn Fn() -> String) -> Result<Head> {
-    for stmt in SCHEMA {
-        sql.run(stmt, &[])?;
-    }
-    sql.run(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-        &[Arg::Int(SCHEMA_VERSION)],
+    sql.write(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
+        &[],
     )?;
-    let version = meta(sql, "schema_version")?.int()?;
-    if version > SCHEMA_VERSION {
-        return Err(Error::Internal(format!(
-            "room storage has schema version {version}, this build understands up to {SCHEMA_VERSION}"
-        )));
+    let stored = match meta(sql, "schema_version")? {
+        None => None,
+        Some(v) => Some(v.int()?),
+    };
+    if let Some(version) = stored {
+        if version > SCHEMA_VERSION {
+            return Err(Error::Internal(format!(
+                "room storage has schema version {version}, this build understands up to {SCHEMA_VERSION}"
+            )));
+        }
+        // Migrations run in order, each taking the room one version up.
+        if version < 2 {
+            migrate_v1(sql)?;
+        }
     }
-    // Version 1 is the first format: there is nothing to migrate yet. A later version adds
-    // `if version < N { ...; UPDATE meta SET value = N ... }` steps here, in order.
+    for stmt in SCHEMA {
+        sql.write(stmt, &[])?;
+    }
+    if stored != Some(SCHEMA_VERSION) {
+        sql.write(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[Arg::Int(SCHEMA_VERSION)],
+        )?;
+    }
     let epoch = new_epoch();
-    sql.run(
+    sql.write(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
         &[Arg::Text(&epoch)],
     )?;
-    sql.run(
+    sql.write(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0)",
         &[],
     )?;
-    let epoch = meta(sql, "epoch")?.text()?;
-    let last_seq = u64::try_from(meta(sql, "last_seq")?.int()?)
-        .map_err(|_| Error::Internal("negative last_seq".into()))?;
+    let missing = |key: &str| Error::Internal(format!("meta.{key} is missing"));
+    let epoch = meta(sql, "epoch")?
+        .ok_or_else(|| missing("epoch"))?
+        .text()?;
+    let last_seq = meta(sql, "last_seq")?
+        .ok_or_else(|| missing("last_seq"))?
+        .int()?;
+    let last_seq =
+        u64::try_from(last_seq).map_err(|_| Error::Internal("negative last_seq".into()))?;
     Ok(Head { epoch, last_seq })
 }
 
-fn meta(sql: &dyn Sql, key: &str) -> Result<Cell> {
-    sql.run("SELECT value FROM meta WHERE key = ?", &[Arg::Text(key)])?
+/// A `message` frame as version 1 stored it (the v1 wire JSON), read for migration.
+#[derive(Deserialize)]
+struct V1Frame<'a> {
+    id: String,
+    event: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    from: Option<From>,
+    ts: i64,
+}
+
+/// Version 1 → 2: every stored frame becomes a record. `data` is kept as the raw text
+/// the frame carried, so replays and history stay byte for byte what v1 sent. Runs
+/// without an `await`, so the runtime commits it as one write: a room is either still at
+/// version 1 or fully at version 2.
+fn migrate_v1(sql: &dyn Sql) -> Result<()> {
+    sql.write("DROP TRIGGER IF EXISTS advance_head", &[])?;
+    sql.write("ALTER TABLE messages RENAME TO messages_v1", &[])?;
+    sql.write(MESSAGES_TABLE, &[])?;
+    let rows = sql.run("SELECT seq, frame FROM messages_v1 ORDER BY seq", &[])?;
+    for row in rows {
+        let mut cells = row.into_iter();
+        let seq = cells.next().unwrap_or(Cell::Null).int()?;
+        let frame = cells.next().unwrap_or(Cell::Null).text()?;
+        let f: V1Frame = serde_json::from_str(&frame)
+            .map_err(|e| Error::Internal(format!("version 1 message {seq} does not parse: {e}")))?;
+        let (user, conn) = match &f.from {
+            Some(from) => (Some(from.user.as_str()), Some(from.conn.as_str())),
+            None => (None, None),
+        };
+        sql.write(
+            "INSERT INTO messages (seq, id, event, data, from_user, from_conn, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            &[
+                Arg::Int(seq),
+                Arg::Text(&f.id),
+                Arg::Text(&f.event),
+                Arg::Text(f.data.get()),
+                Arg::opt(user),
+                Arg::opt(conn),
+                Arg::Int(f.ts),
+            ],
+        )?;
+    }
+    sql.write("DROP TABLE messages_v1", &[])?;
+    Ok(())
+}
+
+fn meta(sql: &dyn Sql, key: &str) -> Result<Option<Cell>> {
+    Ok(sql
+        .run("SELECT value FROM meta WHERE key = ?", &[Arg::Text(key)])?
         .into_iter()
         .next()
-        .and_then(|row| row.into_iter().next())
-        .ok_or_else(|| Error::Internal(format!("meta.{key} is missing")))
+        .and_then(|row| row.into_iter().next()))
 }
 
 /// Looks an id up in the dedup table.
@@ -185,10 +296,23 @@ pub fn seen(sql: &dyn Sql, id: &str) -> Result<Option<u64>> {
     }
 }
 
-/// Appends a message unless its id was seen: assigns the next seq, stores the frame built
-/// by `frame(seq)`, remembers the id, and advances the head.
-///
-/// Returns the outcome and, for a new message, the frame text to fan out.
+/// What a publish asks the log to store; the log assigns `seq`.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Event id (the dedup key).
+    pub id: &'a str,
+    /// Event name.
+    pub event: &'a str,
+    /// Payload, raw JSON.
+    pub data: &'a str,
+    /// Sender; `None` for server broadcasts.
+    pub from: Option<&'a From>,
+    /// Acceptance time, ms.
+    pub ts: i64,
+}
+
+/// Appends a message unless its id was seen: assigns the next seq, stores the record,
+/// remembers the id, and advances the head.
 ///
 /// # Errors
 ///
@@ -197,51 +321,74 @@ pub fn append(
     sql: &dyn Sql,
     head: &mut Head,
     retention: Retention,
-    id: &str,
-    now_ms: i64,
-    frame: impl FnOnce(u64) -> String,
-) -> Result<(Appended, Option<String>)> {
+    entry: Entry<'_>,
+) -> Result<Appended> {
     let seq = head.last_seq + 1;
     let seq_arg = Arg::Int(seq as i64);
     // Claiming the id is the dedup check: a new id costs this statement and the message
     // insert (whose trigger advances `meta.last_seq`); a repeated one, this and a lookup.
     let claimed = sql.write(
         "INSERT INTO events (id, seq, ts) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        &[Arg::Text(id), seq_arg, Arg::Int(now_ms)],
+        &[Arg::Text(entry.id), seq_arg, Arg::Int(entry.ts)],
     )?;
     if !claimed {
-        let original = seen(sql, id)?
-            .ok_or_else(|| Error::Internal(format!("event {id:?} conflicted but is not stored")))?;
-        return Ok((Appended::Duplicate(original), None));
+        let original = seen(sql, entry.id)?.ok_or_else(|| {
+            Error::Internal(format!("event {:?} conflicted but is not stored", entry.id))
+        })?;
+        return Ok(Appended::Duplicate(original));
     }
-    let text = frame(seq);
     sql.write(
-        "INSERT INTO messages (seq, frame) VALUES (?, ?)",
-        &[seq_arg, Arg::Text(&text)],
+        "INSERT INTO messages (seq, id, event, data, from_user, from_conn, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        &[
+            seq_arg,
+            Arg::Text(entry.id),
+            Arg::Text(entry.event),
+            Arg::Text(entry.data),
+            Arg::opt(entry.from.map(|f| f.user.as_str())),
+            Arg::opt(entry.from.map(|f| f.conn.as_str())),
+            Arg::Int(entry.ts),
+        ],
     )?;
     head.last_seq = seq;
     if seq.is_multiple_of(PRUNE_EVERY) {
-        prune(sql, head, retention, now_ms)?;
+        prune(sql, head, retention, entry.ts)?;
     }
-    Ok((Appended::New(seq), Some(text)))
+    Ok(Appended::New(seq))
 }
 
-/// Stored frames with `seq > since`, in order, at most `limit` of them.
+/// Stored records with `seq > since`, in order, at most `limit` of them.
 ///
 /// # Errors
 ///
 /// `Internal` when storage fails.
-pub fn read_after(sql: &dyn Sql, since: u64, limit: u32) -> Result<Vec<(u64, String)>> {
+pub fn read_after(sql: &dyn Sql, since: u64, limit: u32) -> Result<Vec<Record>> {
     sql.run(
-        "SELECT seq, frame FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+        "SELECT seq, id, event, data, from_user, from_conn, ts FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
         &[Arg::Int(since as i64), Arg::Int(i64::from(limit))],
     )?
     .into_iter()
     .map(|row| {
-        let mut cells = row.into_iter();
-        let seq = cells.next().unwrap_or(Cell::Null).int()? as u64;
-        let frame = cells.next().unwrap_or(Cell::Null).text()?;
-        Ok((seq, frame))
+        let mut c = row.into_iter();
+        let mut next = || c.next().unwrap_or(Cell::Null);
+        let seq = next().int()? as u64;
+        let id = next().text()?;
+        let event = next().text()?;
+        let data = next().text()?;
+        let user = next().opt_text()?;
+        let conn = next().opt_text()?;
+        let ts = next().int()?;
+        let from = match (user, conn) {
+            (Some(user), Some(conn)) => Some(From { user, conn }),
+            _ => None,
+        };
+        Ok(Record {
+            seq,
+            id,
+            event,
+            data,
+            from,
+            ts,
+        })
     })
     .collect()
 }
@@ -249,8 +396,8 @@ pub fn read_after(sql: &dyn Sql, since: u64, limit: u32) -> Result<Vec<(u64, Str
 /// The answer to a resume request (contract §6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resumed {
-    /// Everything after `since` is retained: these frames, in order (possibly none).
-    Recovered(Vec<String>),
+    /// Everything after `since` is retained: these records, in order (possibly none).
+    Recovered(Vec<Record>),
     /// Wrong epoch, a `since` beyond the log, or messages no longer retained.
     Lost,
 }
@@ -281,11 +428,9 @@ pub fn resume(
     let rows = read_after(sql, since, history_limit)?;
     // Gapless means the first retained row must be `since + 1` and there must be exactly
     // `missed` of them; anything else means pruning already took part of the gap.
-    let complete = rows.len() as u64 == missed && rows.first().map(|(s, _)| *s) == Some(since + 1);
+    let complete = rows.len() as u64 == missed && rows.first().map(|r| r.seq) == Some(since + 1);
     if complete {
-        Ok(Resumed::Recovered(
-            rows.into_iter().map(|(_, f)| f).collect(),
-        ))
+        Ok(Resumed::Recovered(rows))
     } else {
         Ok(Resumed::Lost)
     }
@@ -313,15 +458,22 @@ pub fn prune(sql: &dyn Sql, head: &Head, retention: Retention, now_ms: i64) -> R
 pub(crate) mod tests {
     use super::*;
     use rusqlite::{types::ValueRef, Connection};
+    use std::cell::Cell as Counter;
 
-    /// The log over a real SQLite engine (rusqlite, bundled).
-    pub struct Lite(pub Connection);
+    /// The log over a real SQLite engine (rusqlite, bundled), counting rows like the
+    /// Durable Object's cursors do (rows returned / rows changed).
+    pub struct Lite {
+        pub conn: Connection,
+        pub rows_read: Counter<u64>,
+        pub rows_written: Counter<u64>,
+    }
 
     fn values(args: &[Arg<'_>]) -> Vec<rusqlite::types::Value> {
         args.iter()
             .map(|a| match a {
                 Arg::Int(i) => rusqlite::types::Value::Integer(*i),
                 Arg::Text(s) => rusqlite::types::Value::Text(s.to_string()),
+                Arg::Null => rusqlite::types::Value::Null,
             })
             .collect()
     }
@@ -329,7 +481,7 @@ pub(crate) mod tests {
     impl Sql for Lite {
         fn run(&self, query: &str, args: &[Arg<'_>]) -> Result<Vec<Vec<Cell>>> {
             let fail = |e: rusqlite::Error| Error::Internal(e.to_string());
-            let mut stmt = self.0.prepare(query).map_err(fail)?;
+            let mut stmt = self.conn.prepare(query).map_err(fail)?;
             let n = stmt.column_count();
             let mut rows = stmt
                 .query(rusqlite::params_from_iter(values(args)))
@@ -346,27 +498,50 @@ pub(crate) mod tests {
                 }
                 out.push(cells);
             }
+            self.rows_read.set(self.rows_read.get() + out.len() as u64);
             Ok(out)
         }
 
         fn write(&self, query: &str, args: &[Arg<'_>]) -> Result<bool> {
             let fail = |e: rusqlite::Error| Error::Internal(e.to_string());
-            let changed = self
-                .0
+            // `total_changes` counts every row written, triggers included, and nothing for
+            // DDL (`execute`'s own count repeats the last INSERT's after a CREATE).
+            let before = self.conn.total_changes();
+            self.conn
                 .execute(query, rusqlite::params_from_iter(values(args)))
                 .map_err(fail)?;
+            let changed = self.conn.total_changes() - before;
+            self.rows_written.set(self.rows_written.get() + changed);
             Ok(changed > 0)
         }
     }
 
     pub fn lite() -> Lite {
-        Lite(Connection::open_in_memory().unwrap())
+        Lite {
+            conn: Connection::open_in_memory().unwrap(),
+            rows_read: Counter::new(0),
+            rows_written: Counter::new(0),
+        }
     }
 
     const KEEP: Retention = Retention {
         history_limit: 1000,
         dedup_window_ms: 86_400_000,
     };
+
+    fn entry<'a>(id: &'a str, data: &'a str, ts: i64) -> Entry<'a> {
+        Entry {
+            id,
+            event: "chat",
+            data,
+            from: None,
+            ts,
+        }
+    }
+
+    fn seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
 
     #[test]
     fn epoch_is_created_once() {
@@ -381,23 +556,55 @@ pub(crate) mod tests {
     fn gapless_seq_and_dedup() {
         let db = lite();
         let mut head = open(&db, &|| "e".into()).unwrap();
-        let (a, fa) = append(&db, &mut head, KEEP, "a", 1, |s| format!("m{s}")).unwrap();
-        let (b, _) = append(&db, &mut head, KEEP, "b", 2, |s| format!("m{s}")).unwrap();
-        let (a2, fa2) = append(&db, &mut head, KEEP, "a", 3, |_| unreachable!()).unwrap();
+        let a = append(&db, &mut head, KEEP, entry("a", "1", 1)).unwrap();
+        let b = append(&db, &mut head, KEEP, entry("b", "2", 2)).unwrap();
+        let a2 = append(&db, &mut head, KEEP, entry("a", "3", 3)).unwrap();
         assert_eq!(
             (a, b, a2),
             (Appended::New(1), Appended::New(2), Appended::Duplicate(1))
         );
-        assert_eq!(fa.as_deref(), Some("m1"));
-        assert!(fa2.is_none());
         assert_eq!(head.last_seq, 2);
+        // The duplicate stored nothing: the first payload stays.
+        let stored = read_after(&db, 0, 10).unwrap();
+        assert_eq!(seqs(&stored), vec![1, 2]);
+        assert_eq!(stored[0].data, "1");
         // A fresh open (a wake-up or restart) sees the same head and the same ids.
         let mut again = open(&db, &|| "other".into()).unwrap();
         assert_eq!(again, head);
-        let (c, _) = append(&db, &mut again, KEEP, "a", 4, |_| unreachable!()).unwrap();
+        let c = append(&db, &mut again, KEEP, entry("a", "4", 4)).unwrap();
         assert_eq!(c, Appended::Duplicate(1));
-        let (d, _) = append(&db, &mut again, KEEP, "c", 5, |s| format!("m{s}")).unwrap();
+        let d = append(&db, &mut again, KEEP, entry("c", "5", 5)).unwrap();
         assert_eq!(d, Appended::New(3));
+    }
+
+    #[test]
+    fn records_keep_sender_and_raw_data() {
+        let db = lite();
+        let mut head = open(&db, &|| "e".into()).unwrap();
+        let alice = From {
+            user: "alice".into(),
+            conn: "c_1".into(),
+        };
+        let e = Entry {
+            id: "x",
+            event: "cursor.move",
+            data: r#"{"n":1e999, "s":"é"}"#,
+            from: Some(&alice),
+            ts: 42,
+        };
+        append(&db, &mut head, KEEP, e).unwrap();
+        let got = read_after(&db, 0, 1).unwrap();
+        assert_eq!(
+            got,
+            vec![Record {
+                seq: 1,
+                id: "x".into(),
+                event: "cursor.move".into(),
+                data: r#"{"n":1e999, "s":"é"}"#.into(),
+                from: Some(alice),
+                ts: 42,
+            }]
+        );
     }
 
     #[test]
@@ -409,10 +616,8 @@ pub(crate) mod tests {
             dedup_window_ms: 1_000,
         };
         for i in 0..PRUNE_EVERY {
-            append(&db, &mut head, r, &format!("id{i}"), i as i64 * 100, |s| {
-                s.to_string()
-            })
-            .unwrap();
+            let id = format!("id{i}");
+            append(&db, &mut head, r, entry(&id, "0", i as i64 * 100)).unwrap();
         }
         let kept = db
             .run("SELECT count(*), min(seq) FROM messages", &[])
@@ -440,32 +645,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reopening_writes_nothing() {
+        let db = lite();
+        open(&db, &|| "e".into()).unwrap();
+        let before = db.rows_written.get();
+        open(&db, &|| "other".into()).unwrap();
+        assert_eq!(db.rows_written.get(), before, "a wake-up must not write");
+    }
+
+    #[test]
     fn resume_bounds() {
         let db = lite();
         let mut head = open(&db, &|| "e".into()).unwrap();
         for i in 0..30 {
-            append(&db, &mut head, KEEP, &format!("id{i}"), i, |s| {
-                format!("m{s}")
-            })
-            .unwrap();
+            let id = format!("id{i}");
+            append(&db, &mut head, KEEP, entry(&id, "0", i)).unwrap();
         }
-        let r = resume(&db, &head, 25, "e", 10).unwrap();
-        assert_eq!(
-            r,
-            Resumed::Recovered((26..=30).map(|s| format!("m{s}")).collect())
-        );
-        assert_eq!(
-            resume(&db, &head, 30, "e", 10).unwrap(),
-            Resumed::Recovered(vec![])
-        );
-        assert_eq!(
-            resume(&db, &head, 19, "e", 10).unwrap(),
-            Resumed::Lost,
-            "11 missed > 10"
-        );
-        assert!(
-            matches!(resume(&db, &head, 20, "e", 10).unwrap(), Resumed::Recovered(f) if f.len() == 10)
-        );
+        let recovered = |since| match resume(&db, &head, since, "e", 10).unwrap() {
+            Resumed::Recovered(r) => Some(seqs(&r)),
+            Resumed::Lost => None,
+        };
+        assert_eq!(recovered(25), Some((26..=30).collect()));
+        assert_eq!(recovered(30), Some(vec![]));
+        assert_eq!(recovered(19), None, "11 missed > 10");
+        assert_eq!(recovered(20), Some((21..=30).collect()));
         assert_eq!(resume(&db, &head, 25, "other", 10).unwrap(), Resumed::Lost);
         assert_eq!(resume(&db, &head, 31, "e", 10).unwrap(), Resumed::Lost);
         // Once pruning took part of the gap, the resume is lost even within the limit.
@@ -473,12 +676,7 @@ pub(crate) mod tests {
         assert_eq!(resume(&db, &head, 25, "e", 10).unwrap(), Resumed::Lost);
     }
 
-    /// Pins the storage format: a change to the schema fails here first, and must come
-    /// with a new SCHEMA_VERSION, a migration step in `open`, and docs/storage.md.
-    #[test]
-    fn schema_is_pinned() {
-        let db = lite();
-        open(&db, &|| "e".into()).unwrap();
+    fn schema(db: &Lite) -> Vec<String> {
         let rows = db
             .run(
                 "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
@@ -489,37 +687,53 @@ pub(crate) mod tests {
             Cell::Text(t) => t.clone(),
             other => format!("{other:?}"),
         };
-        let got: Vec<String> = rows
-            .iter()
+        rows.iter()
             .map(|r| r.iter().map(text).collect::<Vec<_>>().join(" | "))
-            .collect();
+            .collect()
+    }
+
+    /// Pins the storage format: a change to the schema fails here first, and must come
+    /// with a new SCHEMA_VERSION, a migration step in `open`, and docs/storage.md.
+    #[test]
+    fn schema_is_pinned() {
+        let db = lite();
+        open(&db, &|| "e".into()).unwrap();
         assert_eq!(
-            got,
+            schema(&db),
             vec![
                 "trigger | advance_head | CREATE TRIGGER advance_head AFTER INSERT ON messages BEGIN UPDATE meta SET value = NEW.seq WHERE key = 'last_seq'; END",
                 "table | events | CREATE TABLE events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
                 "index | events_by_ts | CREATE INDEX events_by_ts ON events (ts)",
-                "table | messages | CREATE TABLE messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
+                "table | messages | CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, from_user TEXT, from_conn TEXT, ts INTEGER NOT NULL)",
                 "table | meta | CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
             ]
         );
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(SCHEMA_VERSION, 2);
+        let version = db
+            .run("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+            .unwrap();
+        assert_eq!(version, vec![vec![Cell::Int(2)]]);
     }
 
-    /// A room written by schema version 1 (as these literal rows) stays readable: its
-    /// epoch, head, dedup ids and retained frames survive an upgrade of the code.
+    /// The literal rows a version-1 room holds (schema and frames as v1 wrote them).
+    pub const V1_ROOM: &[&str] = &[
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+        "CREATE TABLE events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
+        "CREATE INDEX events_by_ts ON events (ts)",
+        "CREATE TABLE messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
+        "CREATE TRIGGER advance_head AFTER INSERT ON messages BEGIN UPDATE meta SET value = NEW.seq WHERE key = 'last_seq'; END",
+        "INSERT INTO meta VALUES ('schema_version', 1), ('epoch', 'e_00000000000000aa'), ('last_seq', 2)",
+        "INSERT INTO events VALUES ('first', 1, 1000), ('second', 2, 2000)",
+        r#"INSERT INTO messages VALUES (1, '{"type":"message","seq":1,"id":"first","event":"chat","data":{"text":"hi","n":1e999},"from":{"user":"alice","conn":"c_00000000000000a1"},"ts":1000}'), (2, '{"type":"message","seq":2,"id":"second","event":"order.updated","data":null,"from":null,"ts":2000}')"#,
+    ];
+
+    /// A room written by schema version 1 (as these literal rows) is migrated in place:
+    /// its epoch, head, dedup ids and retained messages survive, raw `data` included,
+    /// the schema becomes exactly the current one, and new appends continue the seq.
     #[test]
-    fn version_1_data_stays_readable() {
+    fn version_1_rooms_migrate_in_place() {
         let db = lite();
-        for stmt in [
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
-            "CREATE TABLE events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
-            "CREATE INDEX events_by_ts ON events (ts)",
-            "CREATE TABLE messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL)",
-            "INSERT INTO meta VALUES ('schema_version', 1), ('epoch', 'e_00000000000000aa'), ('last_seq', 2)",
-            "INSERT INTO events VALUES ('first', 1, 1000), ('second', 2, 2000)",
-            r#"INSERT INTO messages VALUES (1, '{"type":"message","seq":1}'), (2, '{"type":"message","seq":2}')"#,
-        ] {
+        for stmt in V1_ROOM {
             db.run(stmt, &[]).unwrap();
         }
         let mut head = open(&db, &|| "e_new".into()).unwrap();
@@ -530,18 +744,37 @@ pub(crate) mod tests {
                 last_seq: 2
             }
         );
-        let (dup, _) = append(&db, &mut head, KEEP, "first", 3000, |_| unreachable!()).unwrap();
-        assert_eq!(dup, Appended::Duplicate(1));
-        let (new, _) = append(&db, &mut head, KEEP, "third", 3000, |s| s.to_string()).unwrap();
-        assert_eq!(new, Appended::New(3));
+        let fresh = lite();
+        open(&fresh, &|| "e".into()).unwrap();
         assert_eq!(
-            resume(&db, &head, 0, "e_00000000000000aa", 10).unwrap(),
-            Resumed::Recovered(vec![
-                r#"{"type":"message","seq":1}"#.into(),
-                r#"{"type":"message","seq":2}"#.into(),
-                "3".into()
-            ])
+            schema(&db),
+            schema(&fresh),
+            "migrated schema = current schema"
         );
+        let dup = append(&db, &mut head, KEEP, entry("first", "0", 3000)).unwrap();
+        assert_eq!(dup, Appended::Duplicate(1));
+        let new = append(&db, &mut head, KEEP, entry("third", "3", 3000)).unwrap();
+        assert_eq!(new, Appended::New(3));
+        let Resumed::Recovered(all) = resume(&db, &head, 0, "e_00000000000000aa", 10).unwrap()
+        else {
+            panic!("v1 history lost in the migration")
+        };
+        assert_eq!(seqs(&all), vec![1, 2, 3]);
+        assert_eq!(all[0].data, r#"{"text":"hi","n":1e999}"#);
+        assert_eq!(
+            all[0].from,
+            Some(From {
+                user: "alice".into(),
+                conn: "c_00000000000000a1".into()
+            })
+        );
+        assert_eq!(
+            (all[1].event.as_str(), all[1].data.as_str()),
+            ("order.updated", "null")
+        );
+        assert_eq!(all[1].from, None);
+        // Opening again is a no-op: already at version 2.
+        assert_eq!(open(&db, &|| "x".into()).unwrap(), head);
     }
 
     mod props {
@@ -578,7 +811,7 @@ pub(crate) mod tests {
             /// Over random publishes, duplicates, prunes and reopens: seqs are gapless,
             /// an id accepted within the window is always a duplicate with its original
             /// seq, the last HISTORY_LIMIT messages are always retained, and a resume
-            /// within them replays exactly the missed frames.
+            /// within them replays exactly the missed records.
             #[test]
             fn log_invariants(ops in proptest::collection::vec(op(), 1..300)) {
                 let db = lite();
@@ -587,17 +820,17 @@ pub(crate) mod tests {
                 let mut last_seq = 0u64;
                 // id -> (seq, accepted at)
                 let mut accepted: HashMap<String, (u64, i64)> = HashMap::new();
-                let mut frames: HashMap<u64, String> = HashMap::new();
+                let mut payloads: HashMap<u64, String> = HashMap::new();
                 for op in ops {
                     match op {
                         Op::Publish(n, dt) => {
                             now += i64::from(dt);
                             let id = format!("id{n}");
-                            let (out, frame) = append(&db, &mut head, R, &id, now, |s| format!("f{s}:{id}")).unwrap();
+                            let data = format!("\"{id}@{now}\"");
+                            let out = append(&db, &mut head, R, entry(&id, &data, now)).unwrap();
                             match (out, accepted.get(&id)) {
                                 (Appended::Duplicate(seq), Some((orig, _))) => {
                                     prop_assert_eq!(seq, *orig);
-                                    prop_assert!(frame.is_none());
                                 }
                                 (Appended::Duplicate(_), None) => prop_assert!(false, "duplicate of an unseen id"),
                                 (Appended::New(seq), prev) => {
@@ -606,8 +839,7 @@ pub(crate) mod tests {
                                     }
                                     prop_assert_eq!(seq, last_seq + 1, "gapless");
                                     last_seq = seq;
-                                    let f = frame.unwrap();
-                                    frames.insert(seq, f);
+                                    payloads.insert(seq, data);
                                     accepted.insert(id, (seq, now));
                                 }
                             }
@@ -627,7 +859,8 @@ pub(crate) mod tests {
                     let since = last_seq - keep;
                     match resume(&db, &head, since, "e", R.history_limit).unwrap() {
                         Resumed::Recovered(got) => {
-                            let want: Vec<String> = (since + 1..=last_seq).map(|s| frames[&s].clone()).collect();
+                            let got: Vec<(u64, String)> = got.into_iter().map(|r| (r.seq, r.data)).collect();
+                            let want: Vec<(u64, String)> = (since + 1..=last_seq).map(|s| (s, payloads[&s].clone())).collect();
                             prop_assert_eq!(got, want);
                         }
                         Resumed::Lost => prop_assert!(false, "retained window lost"),

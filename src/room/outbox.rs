@@ -16,7 +16,7 @@
 //!
 //! Plain Rust with no runtime types, so it is unit-tested natively.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Most frames in one coalesced message; a socket with more queued leaves them in several
 /// messages. Presence frames are ~60 bytes, so a join storm's batch fits in one message
@@ -52,11 +52,19 @@ pub enum To {
     One(String),
 }
 
+/// What makes two ephemeral messages the same signal (contract §B): the sender's
+/// connection (`None` for the server API), the event and the optional key.
+pub type Conflation = (Option<String>, String, Option<String>);
+
 #[derive(Debug)]
 struct Item {
     mark: u64,
     frame: String,
     to: To,
+    /// An ephemeral message: may be conflated, and is the first thing a slow socket loses.
+    ephemeral: bool,
+    /// Replaced by a newer message of the same signal before it was sent.
+    replaced: bool,
 }
 
 /// The queue.
@@ -65,6 +73,8 @@ pub struct Outbox {
     items: Vec<Item>,
     /// Mark of the next queued frame; only grows.
     next: u64,
+    /// Where each queued ephemeral signal is, for conflation.
+    signals: HashMap<Conflation, usize>,
 }
 
 impl Outbox {
@@ -75,10 +85,32 @@ impl Outbox {
 
     /// Queues `frame` for `to`.
     pub fn push(&mut self, frame: String, to: To) {
+        self.push_item(frame, to, false);
+    }
+
+    /// Queues an ephemeral message. A queued, unsent message of the same signal is
+    /// replaced: a room that is behind sends the latest of each signal, not the backlog.
+    /// The newer message takes the end of the queue (its place among other frames does
+    /// not matter: ephemeral messages are unordered with respect to `seq`), so a socket
+    /// that joined in between still gets it.
+    pub fn push_ephemeral(&mut self, frame: String, to: To, signal: Conflation) {
+        if let Some(&old) = self.signals.get(&signal) {
+            if let Some(item) = self.items.get_mut(old) {
+                item.replaced = true;
+                item.frame = String::new();
+            }
+        }
+        self.signals.insert(signal, self.items.len());
+        self.push_item(frame, to, true);
+    }
+
+    fn push_item(&mut self, frame: String, to: To, ephemeral: bool) {
         self.items.push(Item {
             mark: self.next,
             frame,
             to,
+            ephemeral,
+            replaced: false,
         });
         self.next += 1;
     }
@@ -90,7 +122,20 @@ impl Outbox {
 
     /// Takes everything queued as one batch.
     pub fn take(&mut self) -> Batch {
+        self.signals.clear();
         Batch::new(std::mem::take(&mut self.items))
+    }
+
+    /// The messages queued for one socket (accepted at mark `since`), for a socket about
+    /// to be closed: it gets them before its close frame, and is then no longer among the
+    /// sockets a flush sends to.
+    pub fn pending_for(&self, conn: &str, since: u64, watches: bool) -> Vec<String> {
+        messages(
+            self.items
+                .iter()
+                .filter(|i| !i.replaced && i.mark >= since && reaches(&i.to, conn, watches))
+                .map(|i| i.frame.as_str()),
+        )
     }
 }
 
@@ -117,10 +162,13 @@ pub struct Batch {
     /// The same for sockets that opted out of presence events, when that differs (the
     /// batch holds presence frames).
     quiet: Option<Vec<String>>,
+    /// Whether any item is ephemeral (a slow socket may then be sent less).
+    has_ephemeral: bool,
 }
 
 impl Batch {
-    fn new(items: Vec<Item>) -> Batch {
+    fn new(mut items: Vec<Item>) -> Batch {
+        items.retain(|i| !i.replaced);
         let mut named = HashSet::new();
         for item in &items {
             match &item.to {
@@ -147,11 +195,13 @@ impl Batch {
                         .map(|i| i.frame.as_str()),
                 )
             });
+        let has_ephemeral = items.iter().any(|i| i.ephemeral);
         Batch {
             items,
             named,
             shared,
             quiet,
+            has_ephemeral,
         }
     }
 
@@ -186,10 +236,22 @@ impl Batch {
                 Payload::Shared
             };
         }
+        self.own(conn, since, watches, true)
+    }
+
+    /// [`Batch::payload`] without the ephemeral messages: what a socket that is behind
+    /// still gets (contract §C). `None` when that is the same as its full payload.
+    pub fn without_ephemeral(&self, conn: &str, since: u64, watches: bool) -> Option<Payload> {
+        self.has_ephemeral
+            .then(|| self.own(conn, since, watches, false))
+    }
+
+    fn own(&self, conn: &str, since: u64, watches: bool, ephemeral: bool) -> Payload {
         let own = messages(
             self.items
                 .iter()
-                .filter(|i| i.mark >= since && reaches(&i.to, conn, watches))
+                .filter(|i| (ephemeral || !i.ephemeral) && i.mark >= since)
+                .filter(|i| reaches(&i.to, conn, watches))
                 .map(|i| i.frame.as_str()),
         );
         if own.is_empty() {
@@ -198,6 +260,11 @@ impl Batch {
             Payload::Own(own)
         }
     }
+}
+
+/// Total bytes of some messages.
+pub fn bytes(messages: &[String]) -> u64 {
+    messages.iter().map(|m| m.len() as u64).sum()
 }
 
 fn reaches(to: &To, conn: &str, watches: bool) -> bool {
@@ -450,5 +517,67 @@ mod tests {
         let b = q.take();
         assert_eq!(b.payload("c_q", 0, false), Payload::Nothing);
         assert_eq!(got_as(&b, "c_w", 0, true).as_deref(), Some("{\"leave\":1}"));
+    }
+
+    fn signal(conn: &str, key: Option<&str>) -> Conflation {
+        (Some(conn.into()), "cursor".into(), key.map(str::to_string))
+    }
+
+    #[test]
+    fn a_newer_signal_replaces_the_queued_one() {
+        let mut q = Outbox::default();
+        q.push_ephemeral("{\"x\":1}".into(), all(), signal("c_a", None));
+        q.push("{\"m\":1}".into(), all());
+        q.push_ephemeral("{\"y\":1}".into(), all(), signal("c_b", None));
+        q.push_ephemeral("{\"x\":2}".into(), all(), signal("c_a", None));
+        // Another key is another signal.
+        q.push_ephemeral("{\"k\":1}".into(), all(), signal("c_a", Some("pen")));
+        q.push_ephemeral("{\"x\":3}".into(), all(), signal("c_a", None));
+        let b = q.take();
+        assert_eq!(
+            got(&b, "c_z", 0).as_deref(),
+            Some("[{\"m\":1},{\"y\":1},{\"k\":1},{\"x\":3}]")
+        );
+        // Once sent, a signal is not conflated with what comes next.
+        q.push_ephemeral("{\"x\":4}".into(), all(), signal("c_a", None));
+        assert_eq!(got(&q.take(), "c_z", 0).as_deref(), Some("{\"x\":4}"));
+    }
+
+    #[test]
+    fn a_slow_socket_can_be_sent_the_durable_frames_only() {
+        let mut q = Outbox::default();
+        q.push_ephemeral("{\"e\":1}".into(), all(), signal("c_a", None));
+        q.push("{\"m\":1}".into(), all());
+        let b = q.take();
+        assert_eq!(
+            b.without_ephemeral("c_z", 0, true),
+            Some(Payload::Own(vec!["{\"m\":1}".into()]))
+        );
+        let mut q = Outbox::default();
+        q.push("{\"m\":1}".into(), all());
+        assert_eq!(q.take().without_ephemeral("c_z", 0, true), None);
+    }
+
+    #[test]
+    fn a_closing_socket_gets_what_was_queued_for_it() {
+        let mut q = Outbox::default();
+        q.push("{\"m\":1}".into(), all());
+        let late = q.mark();
+        q.push("{\"ack\":1}".into(), To::One("c_a".into()));
+        q.push(
+            "{\"m\":2}".into(),
+            To::All {
+                except: Some("c_a".into()),
+            },
+        );
+        assert_eq!(
+            q.pending_for("c_a", 0, true),
+            vec!["[{\"m\":1},{\"ack\":1}]".to_string()]
+        );
+        assert_eq!(
+            q.pending_for("c_b", late, true),
+            vec!["{\"m\":2}".to_string()]
+        );
+        assert_eq!(bytes(&q.pending_for("c_b", 0, true)), 17);
     }
 }

@@ -49,14 +49,31 @@ pub struct ConnectRequest {
 pub struct PublishRequest {
     /// Room name (without tenant).
     pub room: String,
-    /// Event id (already validated).
-    pub id: String,
+    /// Event id (already validated); required unless `ephemeral`.
+    pub id: Option<String>,
     /// Event name (already validated).
     pub event: String,
     /// Payload.
     pub data: Box<RawValue>,
     /// A connection that should not receive the message.
     pub exclude_conn: Option<String>,
+    /// Fan out only: not stored, sequenced or deduplicated (contract §B).
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Conflation key of an ephemeral message.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The room's answer to an ephemeral publish; also the HTTP API's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EphemeralResult {
+    /// Room name.
+    pub room: String,
+    /// Always true.
+    pub ephemeral: bool,
+    /// Sockets the message was queued for.
+    pub delivered: usize,
 }
 
 /// The room's answer to a publish; also the HTTP API's answer.
@@ -98,6 +115,19 @@ pub struct RoomInfo {
     pub connections: usize,
     /// Distinct users.
     pub users: Vec<UserEntry>,
+    /// The room's SQLite traffic since the object started.
+    pub storage: StorageStats,
+}
+
+/// Rows the room's SQLite statements read and wrote (the runtime's `rowsRead` and
+/// `rowsWritten`, summed over every statement since the object last started), so an
+/// operator sees what a room costs and a test sees that ephemeral traffic costs nothing.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Rows read.
+    pub rows_read: u64,
+    /// Rows written.
+    pub rows_written: u64,
 }
 
 /// Default page size of `GET /v1/rooms/{room}/messages`.
@@ -112,6 +142,6 @@ pub struct History {
     pub epoch: String,
     /// Last assigned seq.
     pub last_seq: u64,
-    /// Stored `message` frames with `seq > since`, in order.
+    /// Stored messages with `seq > since`, in order, as `message` frames.
     pub messages: Vec<Box<RawValue>>,
 }

@@ -1,0 +1,856 @@
+//! The room's rules as a plain state machine: it takes events — a socket connects, sends
+//! a message or goes away, the alarm fires, a backend publishes, the flush timer runs —
+//! and returns [`Effect`]s for the Durable Object to apply in order: send this text to
+//! this socket, close that one with this code, rewrite an attachment, flush soon, set the
+//! alarm, log a line. It never awaits and holds no runtime types: `H` is whatever handle
+//! the caller uses for a socket (a `WebSocket` in workerd, a number in tests), and time
+//! and storage come in as arguments, so `cargo test` runs every rule natively against
+//! real SQLite.
+//!
+//! One record per connection ([`Peer`]): its identity (mirrored in the socket's
+//! attachment, so the core is rebuilt from the runtime's sockets after a wake-up), its
+//! abuse controls, its push flags and how much it has not read. A peer that the room
+//! closes is removed at once, before the next frame of the same message is looked at:
+//! a socket kicked in the middle of an array frame cannot publish the rest of it.
+//!
+//! Client frames are handled one type per file in [`super::commands`].
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+
+use super::codec;
+use super::limits::ConnState;
+use super::log::{self, Appended, Entry, Head, Retention, Sql};
+use super::outbox::{self, presence_delay_ms, Conflation, Outbox, Payload, To};
+use super::peer::{info_raw, Identity, Peer};
+use super::presence::{Change, Presence};
+use super::rpc::{
+    ConnectRequest, EphemeralResult, History, PublishRequest, PublishResult, RoomInfo,
+    StorageStats, UserEntry,
+};
+use super::schedule::Schedule;
+use crate::auth::LEEWAY_SECS;
+use crate::config::Limits;
+use crate::error::{close, Error, Result};
+use crate::protocol::{
+    self, check_publish, error_frame, ClientFrame, From, PresenceOp, PresenceUser, Resume,
+    ServerFrame,
+};
+
+/// Most users listed in `welcome.presence` (contract §5).
+pub const MAX_PRESENCE_USERS: usize = 100;
+
+/// Sockets whose token runs out within this many seconds of an expiry alarm are closed by
+/// that same alarm, so tokens minted together cost one wake-up, not one each.
+pub const EXPIRY_COALESCE_SECS: i64 = 5;
+
+/// Something the Durable Object must do, in the order the core returned it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect<H> {
+    /// Send `text` to the socket now.
+    Send {
+        /// The socket.
+        to: H,
+        /// One WebSocket message (a frame or an array of frames).
+        text: String,
+    },
+    /// Close the socket with `code` (the core has already forgotten it).
+    Close {
+        /// The socket.
+        to: H,
+        /// Close code (contract §5, docs/protocol.md).
+        code: u16,
+        /// Close reason.
+        reason: &'static str,
+    },
+    /// Store `identity` as the socket's attachment.
+    Attach {
+        /// The socket.
+        to: H,
+        /// What survives hibernation.
+        identity: Identity,
+    },
+    /// Make sure [`RoomCore::flush`] runs within `delay_ms`.
+    Flush {
+        /// Milliseconds from now.
+        delay_ms: i64,
+    },
+    /// Store the room's alarm for `at_ms` (ms since the unix epoch).
+    SetAlarm {
+        /// When to wake.
+        at_ms: i64,
+    },
+    /// Write a structured log line.
+    Log {
+        /// The line's `event`.
+        event: &'static str,
+        /// Its other fields: ids, codes and reasons only, never payloads or tokens.
+        fields: Vec<(&'static str, String)>,
+    },
+}
+
+/// What the flush hands the runtime for one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out<'a> {
+    /// The batch's messages shared by every socket of this kind (`watches`: it receives
+    /// presence frames), the same slice for all of them: convert it once.
+    Shared {
+        /// Which batch of this flush (a new batch has new messages).
+        batch: usize,
+        /// Which kind of socket.
+        watches: bool,
+        /// The messages.
+        messages: &'a [String],
+    },
+    /// Messages for this socket alone.
+    Own(&'a [String]),
+}
+
+/// The outcome of a publish from the server API.
+#[derive(Debug)]
+pub enum Published {
+    /// A durable message (new or duplicate).
+    Durable(PublishResult),
+    /// An ephemeral message.
+    Ephemeral(EphemeralResult),
+}
+
+/// The room.
+#[derive(Debug)]
+pub struct RoomCore<H> {
+    pub(in crate::room) limits: Limits,
+    pub(in crate::room) head: Head,
+    /// Open connections; `index` finds one by connection id.
+    pub(in crate::room) peers: Vec<Peer<H>>,
+    index: HashMap<String, usize>,
+    pub(in crate::room) presence: Presence,
+    pub(in crate::room) outbox: Outbox,
+    schedule: Schedule,
+    /// When the pending flush runs (ms), if one is pending.
+    flush_due: Option<i64>,
+}
+
+impl<H: Clone> RoomCore<H> {
+    /// The room as storage and the runtime's sockets describe it: after construction or a
+    /// wake-up. `sockets` are the runtime's open sockets with their attachments (those the
+    /// room already closed are skipped); `alarm` is the stored alarm.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn load(
+        db: &dyn Sql,
+        limits: Limits,
+        now: i64,
+        new_epoch: &dyn Fn() -> String,
+        sockets: impl IntoIterator<Item = (H, Identity)>,
+        alarm: Option<i64>,
+    ) -> Result<Self> {
+        let head = log::open(db, new_epoch)?;
+        let mut core = RoomCore {
+            limits,
+            head,
+            peers: Vec::new(),
+            index: HashMap::new(),
+            presence: Presence::default(),
+            outbox: Outbox::default(),
+            schedule: Schedule::new(alarm),
+            flush_due: None,
+        };
+        for (handle, id) in sockets {
+            if !id.gone && !core.index.contains_key(&id.conn) {
+                core.insert(handle, id, now);
+            }
+        }
+        Ok(core)
+    }
+
+    /// The log's epoch and last seq.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The peer with connection id `conn`, if it is open.
+    pub fn peer(&self, conn: &str) -> Option<&Peer<H>> {
+        self.index.get(conn).map(|&i| &self.peers[i])
+    }
+
+    pub(in crate::room) fn peer_mut(&mut self, conn: &str) -> Option<&mut Peer<H>> {
+        self.index.get(conn).map(|&i| &mut self.peers[i])
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            history_limit: self.limits.history_limit,
+            dedup_window_ms: (self.limits.dedup_window_secs as i64).saturating_mul(1000),
+        }
+    }
+
+    fn insert(&mut self, handle: H, id: Identity, now: i64) -> Change {
+        let change = self.presence.add(&id);
+        self.index.insert(id.conn.clone(), self.peers.len());
+        self.peers.push(Peer {
+            handle,
+            id,
+            since: self.outbox.mark(),
+            conn: ConnState::new(&self.limits, now),
+            flow: Default::default(),
+        });
+        change
+    }
+
+    /// Forgets a peer and announces `leave` when it was its user's last socket.
+    fn remove(&mut self, fx: &mut Vec<Effect<H>>, now: i64, conn: &str) -> Option<Peer<H>> {
+        let i = self.index.remove(conn)?;
+        let peer = self.peers.swap_remove(i);
+        if let Some(moved) = self.peers.get(i) {
+            self.index.insert(moved.id.conn.clone(), i);
+        }
+        if self.presence.remove(&peer.id) == Change::Left {
+            self.announce(fx, now, PresenceOp::Leave, &peer.id);
+        }
+        Some(peer)
+    }
+
+    // ---- events -----------------------------------------------------------------------
+
+    /// A verified socket asks to join (the Worker checked its token). On success the
+    /// effects attach its identity, send `welcome` and any replay, and announce the join.
+    ///
+    /// # Errors
+    ///
+    /// `TooManyConnections` over the per-user cap; `Internal` when storage fails. Nothing
+    /// has changed in the room then.
+    pub fn connect(
+        &mut self,
+        db: &dyn Sql,
+        now: i64,
+        to: H,
+        conn: String,
+        req: &ConnectRequest,
+    ) -> Result<Vec<Effect<H>>> {
+        let existing = self.presence.sockets_of(&req.user);
+        if existing >= self.limits.max_connections_per_user as usize {
+            return Err(Error::TooManyConnections(format!(
+                "user {:?} already has {existing} sockets in this room; MAX_CONNECTIONS_PER_USER is {}",
+                req.user, self.limits.max_connections_per_user
+            )));
+        }
+        // Resume is decided and replayed inside this one call: no other event can run in
+        // between, so no live message can reach the socket ahead of its replay (§6).
+        let requested = req.since.is_some() || req.epoch.is_some();
+        let replay = match (req.since, req.epoch.as_deref()) {
+            (Some(since), Some(epoch)) => {
+                log::resume(db, &self.head, since, epoch, self.limits.history_limit)?
+            }
+            _ => log::Resumed::Lost,
+        };
+        let (recovered, records) = match replay {
+            log::Resumed::Recovered(records) => (true, records),
+            log::Resumed::Lost => (false, Vec::new()),
+        };
+        let frames = records
+            .iter()
+            .map(codec::record)
+            .collect::<Result<Vec<_>>>()?;
+
+        let id = Identity {
+            conn: conn.clone(),
+            user: req.user.clone(),
+            write: req.write,
+            exp: req.exp,
+            info: req.info.clone(),
+            presence: req.presence,
+            gone: false,
+        };
+        let mut fx = vec![Effect::Attach {
+            to: to.clone(),
+            identity: id.clone(),
+        }];
+        if self.insert(to.clone(), id.clone(), now) == Change::Joined {
+            self.announce(&mut fx, now, PresenceOp::Join, &id);
+        }
+        let infos: Vec<(&String, Box<RawValue>)> = self
+            .presence
+            .users()
+            .iter()
+            .take(MAX_PRESENCE_USERS)
+            .map(|(user, m)| (user, info_raw(m.info.as_deref())))
+            .collect();
+        let welcome = ServerFrame::Welcome {
+            room: &req.room,
+            conn: &conn,
+            user: &req.user,
+            epoch: &self.head.epoch,
+            seq: self.head.last_seq,
+            resume: Resume {
+                requested,
+                recovered: requested && recovered,
+                replayed: frames.len() as u64,
+            },
+            presence: protocol::Presence {
+                count: self.presence.users().len(),
+                users: infos
+                    .iter()
+                    .map(|(user, info)| PresenceUser { user, info })
+                    .collect(),
+            },
+            receipts: true,
+        }
+        .to_json();
+        // Welcome and replay leave at once, ahead of anything queued later. The replay is
+        // coalesced like live traffic: one message per up to 1,000 frames (256 KiB).
+        let mut texts = vec![welcome];
+        texts.extend(outbox::messages(frames.iter().map(String::as_str)));
+        for text in texts {
+            self.send_now(&mut fx, now, &conn, text);
+        }
+        let due = (req.exp + LEEWAY_SECS + 1) * 1000;
+        if let Some(at_ms) = self.schedule.wake_by(due) {
+            fx.push(Effect::SetAlarm { at_ms });
+        }
+        fx.push(log_line(
+            "socket.open",
+            &[("conn", conn), ("user", req.user.clone())],
+        ));
+        Ok(fx)
+    }
+
+    /// A text message from socket `conn`: one frame or an array of them, each handled in
+    /// order until one of them ends the connection.
+    pub fn message(&mut self, db: &dyn Sql, now: i64, conn: &str, text: &str) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        if self.peer(conn).is_none() {
+            return fx;
+        }
+        if text.len() > self.limits.max_message_bytes {
+            let e = Error::TooLarge(format!(
+                "message is {} bytes; MAX_MESSAGE_BYTES is {}",
+                text.len(),
+                self.limits.max_message_bytes
+            ));
+            self.reject(&mut fx, now, conn, None, &e);
+            return fx;
+        }
+        let frames = match protocol::parse_message(text) {
+            Ok(frames) => frames,
+            Err(e) => {
+                self.reject(&mut fx, now, conn, None, &e);
+                return fx;
+            }
+        };
+        for parsed in frames {
+            // A frame may have closed the connection: the rest of the array is not read.
+            if self.peer(conn).is_none() {
+                break;
+            }
+            match parsed {
+                Err((id, e)) => self.reject(&mut fx, now, conn, id.as_deref(), &e),
+                Ok(ClientFrame::Publish(p)) => self.on_publish(&mut fx, db, now, conn, &p),
+                Ok(ClientFrame::Ephemeral(p)) => self.on_ephemeral(&mut fx, now, conn, &p),
+                Ok(ClientFrame::Received(r)) => self.on_received(conn, &r),
+            }
+        }
+        fx
+    }
+
+    /// A binary message from socket `conn`: refused (frames are JSON text).
+    pub fn binary(&mut self, now: i64, conn: &str) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        if self.peer(conn).is_some() {
+            let e =
+                Error::BadFrame("binary messages are not accepted; send JSON text frames".into());
+            self.reject(&mut fx, now, conn, None, &e);
+        }
+        fx
+    }
+
+    /// The runtime reports socket `conn` closed (`code`) or failed: forget it.
+    pub fn closed(&mut self, now: i64, conn: &str, code: u16) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        if self.remove(&mut fx, now, conn).is_some() {
+            fx.push(log_line(
+                "socket.close",
+                &[("conn", conn.to_string()), ("code", code.to_string())],
+            ));
+        }
+        fx
+    }
+
+    /// The alarm fired: close every socket whose token has expired (or will within
+    /// [`EXPIRY_COALESCE_SECS`]) and schedule the next expiry.
+    pub fn alarm(&mut self, now: i64) -> Vec<Effect<H>> {
+        self.schedule.fired();
+        let mut fx = Vec::new();
+        let horizon = now / 1000 + EXPIRY_COALESCE_SECS;
+        let expired: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.id.expired(horizon))
+            .map(|p| p.id.conn.clone())
+            .collect();
+        for conn in &expired {
+            let last = error_frame(None, &Error::TokenExpired);
+            self.drop_peer(
+                &mut fx,
+                now,
+                conn,
+                close::TOKEN_EXPIRED,
+                "token_expired",
+                Some(last),
+            );
+        }
+        if let Some(exp) = self.peers.iter().map(|p| p.id.exp).min() {
+            if let Some(at_ms) = self.schedule.wake_by((exp + LEEWAY_SECS + 1) * 1000) {
+                fx.push(Effect::SetAlarm { at_ms });
+            }
+        }
+        fx.push(log_line(
+            "room.alarm",
+            &[("expired_closed", expired.len().to_string())],
+        ));
+        fx
+    }
+
+    /// Storing the alarm failed; the next request for one tries again.
+    pub fn alarm_failed(&mut self) {
+        self.schedule.failed();
+    }
+
+    /// A publish from the server API.
+    ///
+    /// # Errors
+    ///
+    /// `BadRequest` for an id/event/key the contract refuses (the Worker checks first);
+    /// `Internal` when storage fails.
+    pub fn publish(
+        &mut self,
+        db: &dyn Sql,
+        now: i64,
+        req: &PublishRequest,
+    ) -> Result<(Published, Vec<Effect<H>>)> {
+        check_publish(
+            req.id.as_deref(),
+            &req.event,
+            req.key.as_deref(),
+            req.ephemeral,
+        )
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
+        let mut fx = Vec::new();
+        let except = req.exclude_conn.as_deref();
+        let delivered = self
+            .peers
+            .iter()
+            .filter(|p| Some(p.id.conn.as_str()) != except)
+            .count();
+        let published = if req.ephemeral {
+            let signal = Signal {
+                id: req.id.as_deref(),
+                event: &req.event,
+                key: req.key.as_deref(),
+                data: &req.data,
+            };
+            self.fan_out_ephemeral(&mut fx, now, signal, None, except);
+            Published::Ephemeral(EphemeralResult {
+                room: req.room.clone(),
+                ephemeral: true,
+                delivered,
+            })
+        } else {
+            let id = req.id.as_deref().unwrap_or_default();
+            let outcome = self.append(&mut fx, db, now, id, &req.event, &req.data, None, except)?;
+            Published::Durable(PublishResult {
+                room: req.room.clone(),
+                epoch: self.head.epoch.clone(),
+                seq: outcome.seq(),
+                duplicate: matches!(outcome, Appended::Duplicate(_)),
+                delivered: if matches!(outcome, Appended::New(_)) {
+                    delivered
+                } else {
+                    0
+                },
+            })
+        };
+        Ok((published, fx))
+    }
+
+    /// Sends everything queued: one WebSocket message per socket per batch, through
+    /// `send` (which returns false when the runtime refused the send). Sockets that do not
+    /// keep up lose their queued ephemeral messages first and are closed with 4009 when
+    /// the durable ones alone would exceed their bound (docs/protocol.md §12).
+    pub fn flush(&mut self, now: i64, send: &mut dyn FnMut(&H, Out<'_>) -> bool) -> Vec<Effect<H>> {
+        self.flush_due = None;
+        let mut fx = Vec::new();
+        let limits = self.limits;
+        for round in 0.. {
+            let batch = self.outbox.take();
+            if batch.is_empty() {
+                break;
+            }
+            let shared_bytes = [
+                outbox::bytes(batch.shared(false)),
+                outbox::bytes(batch.shared(true)),
+            ];
+            let (mut failed, mut slow) = (Vec::new(), Vec::new());
+            for peer in &mut self.peers {
+                let watches = peer.id.presence;
+                let conn = peer.id.conn.as_str();
+                let mut payload = batch.payload(conn, peer.since, watches);
+                let size = |p: &Payload| match p {
+                    Payload::Shared => (
+                        batch.shared(watches).len(),
+                        shared_bytes[usize::from(watches)],
+                    ),
+                    Payload::Own(m) => (m.len(), outbox::bytes(m)),
+                    Payload::Nothing => (0, 0),
+                };
+                let (mut msgs, mut bytes) = size(&payload);
+                if msgs == 0 {
+                    continue;
+                }
+                if !peer.flow.fits(&limits, now, bytes) {
+                    if let Some(durable) = batch.without_ephemeral(conn, peer.since, watches) {
+                        payload = durable;
+                        (msgs, bytes) = size(&payload);
+                    }
+                    if !peer.flow.fits(&limits, now, bytes) {
+                        slow.push(peer.id.conn.clone());
+                        continue;
+                    }
+                }
+                let out = match &payload {
+                    Payload::Shared => Out::Shared {
+                        batch: round,
+                        watches,
+                        messages: batch.shared(watches),
+                    },
+                    Payload::Own(m) => Out::Own(m),
+                    Payload::Nothing => continue,
+                };
+                if send(&peer.handle, out) {
+                    peer.flow.sent(&limits, now, msgs as u64, bytes);
+                } else {
+                    failed.push(peer.id.conn.clone());
+                }
+            }
+            // A socket whose send throws is closing already (workerd ignores sends to a
+            // socket whose peer vanished): forget it; its close event finds nothing.
+            for conn in failed {
+                if let Some(peer) = self.remove(&mut fx, now, &conn) {
+                    fx.push(Effect::Close {
+                        to: peer.handle,
+                        code: close::INTERNAL,
+                        reason: "send failed",
+                    });
+                }
+            }
+            for conn in slow {
+                let pending = self.peer(&conn).map_or(0, |p| p.flow.pending(&limits, now));
+                fx.push(log_line(
+                    "socket.kick",
+                    &[
+                        ("conn", conn.clone()),
+                        ("code", close::TOO_SLOW.to_string()),
+                        ("reason", "too slow".into()),
+                        ("pending_bytes", pending.to_string()),
+                    ],
+                ));
+                self.drop_peer(&mut fx, now, &conn, close::TOO_SLOW, "too_slow", None);
+            }
+        }
+        fx
+    }
+
+    /// `GET /v1/rooms/{room}`.
+    pub fn info(&self, room: String, storage: StorageStats) -> RoomInfo {
+        RoomInfo {
+            room,
+            epoch: self.head.epoch.clone(),
+            last_seq: self.head.last_seq,
+            connections: self.peers.len(),
+            users: self
+                .presence
+                .users()
+                .iter()
+                .map(|(user, m)| UserEntry {
+                    user: user.clone(),
+                    connections: m.sockets,
+                    info: info_raw(m.info.as_deref()),
+                })
+                .collect(),
+            storage,
+        }
+    }
+
+    /// `GET /v1/rooms/{room}/messages`.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn history(&self, db: &dyn Sql, since: u64, limit: u32) -> Result<History> {
+        let messages = log::read_after(db, since, limit)?
+            .iter()
+            .map(|r| {
+                let frame = codec::record(r)?;
+                RawValue::from_string(frame).map_err(|e| Error::Internal(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(History {
+            epoch: self.head.epoch.clone(),
+            last_seq: self.head.last_seq,
+            messages,
+        })
+    }
+
+    // ---- what the handlers share --------------------------------------------------------
+
+    /// Dedup, sequence and store, then fan out a new message to every socket but `except`.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::room) fn append(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        db: &dyn Sql,
+        now: i64,
+        id: &str,
+        event: &str,
+        data: &RawValue,
+        from: Option<&From>,
+        except: Option<&str>,
+    ) -> Result<Appended> {
+        let retention = self.retention();
+        let entry = Entry {
+            id,
+            event,
+            data: data.get(),
+            from,
+            ts: now,
+        };
+        let outcome = log::append(db, &mut self.head, retention, entry)?;
+        if let Appended::New(seq) = outcome {
+            let frame = codec::message(seq, id, event, data, from, now);
+            self.queue(
+                fx,
+                now,
+                frame,
+                To::All {
+                    except: except.map(str::to_string),
+                },
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Fans out an ephemeral message: no storage at all, conflated while queued.
+    pub(in crate::room) fn fan_out_ephemeral(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        s: Signal<'_>,
+        from: Option<&From>,
+        except: Option<&str>,
+    ) {
+        let frame = codec::ephemeral(s.id, s.event, s.key, s.data, from, now);
+        let signal: Conflation = (
+            from.map(|f| f.conn.clone()),
+            s.event.to_string(),
+            s.key.map(str::to_string),
+        );
+        let to = To::All {
+            except: except.map(str::to_string),
+        };
+        self.outbox.push_ephemeral(frame, to, signal);
+        self.want_flush(fx, now, 0);
+    }
+
+    /// Queues `frame` for `to` and makes sure a flush follows.
+    fn queue(&mut self, fx: &mut Vec<Effect<H>>, now: i64, frame: String, to: To) {
+        self.outbox.push(frame, to);
+        self.want_flush(fx, now, 0);
+    }
+
+    /// Sends `frame` to one socket: at once when nothing is queued, otherwise behind what
+    /// is queued, so that the socket sees frames in the order the room made them.
+    pub(in crate::room) fn reply(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+        frame: String,
+    ) {
+        if self.outbox.is_empty() {
+            self.send_now(fx, now, conn, frame);
+        } else {
+            self.queue(fx, now, frame, To::One(conn.to_string()));
+        }
+    }
+
+    fn send_now(&mut self, fx: &mut Vec<Effect<H>>, now: i64, conn: &str, text: String) {
+        let limits = self.limits;
+        if let Some(peer) = self.peer_mut(conn) {
+            peer.flow.sent(&limits, now, 1, text.len() as u64);
+            fx.push(Effect::Send {
+                to: peer.handle.clone(),
+                text,
+            });
+        }
+    }
+
+    fn want_flush(&mut self, fx: &mut Vec<Effect<H>>, now: i64, delay_ms: i64) {
+        let due = now + delay_ms;
+        if self.flush_due.is_some_and(|at| at <= due) {
+            return;
+        }
+        self.flush_due = Some(due);
+        fx.push(Effect::Flush { delay_ms });
+    }
+
+    /// Queues a presence frame for every socket that receives presence but the one it is
+    /// about (built only if anyone does). Presence may wait a little
+    /// ([`presence_delay_ms`], growing with the room), so a join storm into a big room
+    /// costs one send per socket per interval, not one per join.
+    fn announce(&mut self, fx: &mut Vec<Effect<H>>, now: i64, op: PresenceOp, id: &Identity) {
+        let watchers = self.presence.watchers();
+        if watchers == 0 {
+            return;
+        }
+        let info = id.info_raw();
+        let frame = ServerFrame::Presence {
+            op,
+            user: &id.user,
+            info: &info,
+        }
+        .to_json();
+        self.outbox.push(
+            frame,
+            To::Watchers {
+                except: id.conn.clone(),
+            },
+        );
+        self.want_flush(fx, now, presence_delay_ms(watchers));
+    }
+
+    /// Answers a refused frame with an `error` frame, counts it toward the connection's
+    /// strikes, and closes the connection when the error or the strikes say so.
+    pub(in crate::room) fn reject(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+        id: Option<&str>,
+        err: &Error,
+    ) {
+        if let Error::Internal(detail) = err {
+            fx.push(log_line(
+                "error",
+                &[("conn", conn.to_string()), ("detail", detail.clone())],
+            ));
+        }
+        let frame = error_frame(id, err);
+        if let Some(code) = err.close_code() {
+            self.drop_peer(fx, now, conn, code, err.code(), Some(frame));
+            return;
+        }
+        let strike = self.peer_mut(conn).and_then(|peer| {
+            if err.is_bad_frame() && peer.conn.bad_frame() {
+                Some((close::PROTOCOL_ERROR, "too many invalid frames"))
+            } else if matches!(err, Error::TooLarge(_)) && peer.conn.too_large() {
+                Some((close::TOO_BIG, "too many oversized messages"))
+            } else {
+                None
+            }
+        });
+        match strike {
+            None => self.reply(fx, now, conn, frame),
+            Some((code, why)) => self.kick(fx, now, conn, code, why, err.code(), frame),
+        }
+    }
+
+    /// Closes a misbehaving connection after `last`, with a `socket.kick` log line.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::room) fn kick(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+        code: u16,
+        why: &'static str,
+        reason: &'static str,
+        last: String,
+    ) {
+        fx.push(log_line(
+            "socket.kick",
+            &[
+                ("conn", conn.to_string()),
+                ("code", code.to_string()),
+                ("reason", why.to_string()),
+            ],
+        ));
+        self.drop_peer(fx, now, conn, code, reason, Some(last));
+    }
+
+    /// The room ends a connection: what was queued for it leaves first, then `last` (its
+    /// error frame), then the close; the peer is forgotten at once and its attachment
+    /// marked gone, so nothing it sent later and nothing a wake-up restores revives it.
+    fn drop_peer(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+        code: u16,
+        reason: &'static str,
+        last: Option<String>,
+    ) {
+        let Some(peer) = self.peer(conn) else {
+            return;
+        };
+        let mut texts = self.outbox.pending_for(conn, peer.since, peer.id.presence);
+        texts.extend(last);
+        let Some(peer) = self.remove(fx, now, conn) else {
+            return;
+        };
+        for text in texts {
+            fx.push(Effect::Send {
+                to: peer.handle.clone(),
+                text,
+            });
+        }
+        fx.push(Effect::Attach {
+            to: peer.handle.clone(),
+            identity: Identity {
+                gone: true,
+                ..peer.id
+            },
+        });
+        fx.push(Effect::Close {
+            to: peer.handle,
+            code,
+            reason,
+        });
+    }
+}
+
+/// An ephemeral message as the handlers pass it on.
+#[derive(Debug, Clone, Copy)]
+pub struct Signal<'a> {
+    /// The publisher's id, if it gave one.
+    pub id: Option<&'a str>,
+    /// Event name.
+    pub event: &'a str,
+    /// Conflation key.
+    pub key: Option<&'a str>,
+    /// Payload.
+    pub data: &'a RawValue,
+}
+
+fn log_line<H>(event: &'static str, fields: &[(&'static str, String)]) -> Effect<H> {
+    Effect::Log {
+        event,
+        fields: fields.to_vec(),
+    }
+}
