@@ -371,15 +371,10 @@ impl<H: Clone> RoomCore<H> {
         fx
     }
 
-    /// The runtime reports socket `conn` closed (`code`) or failed: forget it.
-    pub fn closed(&mut self, now: i64, conn: &str, code: u16) -> Vec<Effect<H>> {
+    /// The runtime reports socket `conn` closed or failed: forget it.
+    pub fn closed(&mut self, now: i64, conn: &str) -> Vec<Effect<H>> {
         let mut fx = Vec::new();
-        if self.remove(&mut fx, now, conn).is_some() {
-            fx.push(log_line(
-                "socket.close",
-                &[("conn", conn.to_string()), ("code", code.to_string())],
-            ));
-        }
+        self.remove(&mut fx, now, conn);
         fx
     }
 

@@ -18,6 +18,8 @@
 pub mod codec;
 pub mod commands;
 pub mod core;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod core_tests;
 pub mod limits;
 pub mod log;
 pub mod outbox;
@@ -120,7 +122,8 @@ impl DurableObject for Room {
             other => u16::try_from(other).unwrap_or(close::NORMAL),
         };
         let _ = ws.close(Some(reply), Some("bye"));
-        self.departed(&ws, reply).await;
+        self.departed(&ws, u16::try_from(code).unwrap_or(reply))
+            .await;
         Ok(())
     }
 
@@ -192,14 +195,20 @@ impl Room {
         }
     }
 
+    /// The runtime reports a socket closed or failed (also one the room closed itself,
+    /// whose attachment says `gone`: the core has forgotten it already).
     async fn departed(&self, ws: &WebSocket, code: u16) {
         let Some(id) = sockets::identity(ws) else {
             return;
         };
+        log_line(
+            "socket.close",
+            &[("conn", &id.conn), ("code", &code.to_string())],
+        );
         if id.gone || self.load().await.is_err() {
             return;
         }
-        let fx = self.with_core(|core| core.closed(now_ms(), &id.conn, code));
+        let fx = self.with_core(|core| core.closed(now_ms(), &id.conn));
         self.settle(fx).await;
     }
 

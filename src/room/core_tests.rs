@@ -1,0 +1,830 @@
+//! Native tests of the room's rules: [`RoomCore`] driven with real SQLite (rusqlite), a
+//! fake clock, scripted frames and numbered socket handles, asserting on the effects.
+
+use serde_json::{json, Value};
+
+use super::core::{Effect, Out, Published, RoomCore};
+use super::log::tests::{lite, Lite, V1_ROOM};
+use super::peer::Identity;
+use super::rpc::{ConnectRequest, PublishRequest};
+use crate::auth::LEEWAY_SECS;
+use crate::config::Limits;
+use crate::error::Error;
+use crate::protocol::null_raw;
+
+type Fx = Vec<Effect<u32>>;
+
+/// A room on an in-memory database, with a clock and socket handles 1, 2, 3, ….
+struct Fixture {
+    db: Lite,
+    core: RoomCore<u32>,
+    now: i64,
+    next: u32,
+    /// What each socket received through flushes and immediate sends, frame by frame.
+    inbox: Vec<(u32, Value)>,
+    /// WebSocket messages each socket received.
+    messages: Vec<(u32, String)>,
+    /// Sockets closed by the room, with their codes.
+    closed: Vec<(u32, u16)>,
+    alarms: Vec<i64>,
+    /// Handles whose sends fail (the runtime refuses them).
+    broken: Vec<u32>,
+}
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+impl Fixture {
+    fn new(limits: Limits) -> Self {
+        Self::on(lite(), limits)
+    }
+
+    fn on(db: Lite, limits: Limits) -> Self {
+        let core = RoomCore::load(&db, limits, NOW, &|| "e_test".into(), Vec::new(), None)
+            .unwrap_or_else(|e| panic!("load: {e}"));
+        Fixture {
+            db,
+            core,
+            now: NOW,
+            next: 1,
+            inbox: Vec::new(),
+            messages: Vec::new(),
+            closed: Vec::new(),
+            alarms: Vec::new(),
+            broken: Vec::new(),
+        }
+    }
+
+    fn request(user: &str) -> ConnectRequest {
+        ConnectRequest {
+            room: "lobby".into(),
+            user: user.into(),
+            write: true,
+            exp: NOW / 1000 + 600,
+            info: None,
+            subprotocol: false,
+            since: None,
+            epoch: None,
+            presence: true,
+        }
+    }
+
+    /// Connects with `req`; returns the handle, or the refusal.
+    fn try_connect(&mut self, req: ConnectRequest) -> Result<u32, Error> {
+        let h = self.next;
+        self.next += 1;
+        let conn = format!("c_{h:016x}");
+        let fx = self.core.connect(&self.db, self.now, h, conn, &req)?;
+        self.apply(fx);
+        Ok(h)
+    }
+
+    fn connect(&mut self, user: &str) -> u32 {
+        self.try_connect(Self::request(user))
+            .unwrap_or_else(|e| panic!("connect {user}: {e}"))
+    }
+
+    fn conn(h: u32) -> String {
+        format!("c_{h:016x}")
+    }
+
+    fn record(&mut self, to: u32, text: &str) {
+        self.messages.push((to, text.to_string()));
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(frames)) => self.inbox.extend(frames.into_iter().map(|f| (to, f))),
+            Ok(frame) => self.inbox.push((to, frame)),
+            Err(e) => panic!("not JSON: {e}: {text}"),
+        }
+    }
+
+    /// Applies effects like the Durable Object does; flushes run at once.
+    fn apply(&mut self, fx: Fx) {
+        let mut flush = false;
+        for effect in fx {
+            match effect {
+                Effect::Send { to, text } => self.record(to, &text),
+                Effect::Close { to, code, .. } => self.closed.push((to, code)),
+                Effect::Attach { .. } | Effect::Log { .. } => {}
+                Effect::Flush { .. } => flush = true,
+                Effect::SetAlarm { at_ms } => self.alarms.push(at_ms),
+            }
+        }
+        if flush {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut out: Vec<(u32, String)> = Vec::new();
+        let broken = self.broken.clone();
+        let fx = self.core.flush(self.now, &mut |h, o| {
+            if broken.contains(h) {
+                return false;
+            }
+            let msgs = match o {
+                Out::Shared { messages, .. } | Out::Own(messages) => messages,
+            };
+            out.extend(msgs.iter().map(|m| (*h, m.clone())));
+            true
+        });
+        for (h, m) in out {
+            self.record(h, &m);
+        }
+        self.apply(fx);
+    }
+
+    /// Sends a text message from socket `h`, without flushing.
+    fn send_raw(&mut self, h: u32, text: &str) -> Fx {
+        self.core.message(&self.db, self.now, &Self::conn(h), text)
+    }
+
+    fn send(&mut self, h: u32, frame: Value) {
+        let fx = self.send_raw(h, &frame.to_string());
+        self.apply(fx);
+    }
+
+    fn publish(&mut self, h: u32, id: &str) {
+        self.send(
+            h,
+            json!({"type":"publish","id":id,"event":"chat","data":{"id":id}}),
+        );
+    }
+
+    fn frames(&self, h: u32, kind: &str) -> Vec<Value> {
+        self.inbox
+            .iter()
+            .filter(|(to, f)| *to == h && f["type"] == kind)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    fn seqs(&self, h: u32) -> Vec<u64> {
+        self.frames(h, "message")
+            .iter()
+            .filter_map(|f| f["seq"].as_u64())
+            .collect()
+    }
+
+    fn close_code(&self, h: u32) -> Option<u16> {
+        self.closed.iter().find(|(to, _)| *to == h).map(|(_, c)| *c)
+    }
+
+    fn http(&mut self, id: Option<&str>, ephemeral: bool) -> Published {
+        let req = PublishRequest {
+            room: "lobby".into(),
+            id: id.map(str::to_string),
+            event: "order".into(),
+            data: null_raw(),
+            exclude_conn: None,
+            ephemeral,
+            key: None,
+        };
+        let (published, fx) = self
+            .core
+            .publish(&self.db, self.now, &req)
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        self.apply(fx);
+        published
+    }
+
+    fn rows(&self) -> (u64, u64) {
+        (self.db.rows_read.get(), self.db.rows_written.get())
+    }
+}
+
+// ---- admission and caps ----------------------------------------------------------------
+
+#[test]
+fn the_per_user_cap_counts_open_sockets_only() {
+    let mut r = Fixture::new(Limits {
+        max_connections_per_user: 2,
+        ..limits()
+    });
+    let a1 = r.connect("alice");
+    r.connect("alice");
+    let third = r.try_connect(Fixture::request("alice"));
+    assert!(
+        matches!(third, Err(Error::TooManyConnections(_))),
+        "{third:?}"
+    );
+    assert_eq!(
+        r.core.connections(),
+        2,
+        "a refused socket leaves nothing behind"
+    );
+    r.connect("bob");
+    let fx = r.core.closed(r.now, &Fixture::conn(a1));
+    r.apply(fx);
+    assert!(r.try_connect(Fixture::request("alice")).is_ok());
+}
+
+#[test]
+fn welcome_lists_who_is_here_and_the_head() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    r.publish(a, "m1");
+    let b = r.connect("bob");
+    let w = &r.frames(b, "welcome")[0];
+    assert_eq!(w["seq"], 1);
+    assert_eq!(w["epoch"], "e_test");
+    assert_eq!(w["receipts"], true);
+    assert_eq!(w["presence"]["count"], 2);
+    assert_eq!(w["presence"]["users"][0]["user"], "alice");
+    assert_eq!(
+        w["resume"],
+        json!({"requested":false,"recovered":false,"replayed":0})
+    );
+}
+
+// ---- presence ------------------------------------------------------------------------------
+
+#[test]
+fn presence_is_per_user_and_respects_the_push_flag() {
+    let mut r = Fixture::new(limits());
+    let watcher = r.connect("w");
+    let quiet = r
+        .try_connect(ConnectRequest {
+            presence: false,
+            ..Fixture::request("q")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a1 = r.connect("alice");
+    let a2 = r.connect("alice");
+    let joins: Vec<Value> = r.frames(watcher, "presence");
+    assert_eq!(joins.len(), 2, "q and alice once each: {joins:?}");
+    assert_eq!(
+        (joins[1]["op"].as_str(), joins[1]["user"].as_str()),
+        (Some("join"), Some("alice"))
+    );
+    assert!(
+        r.frames(quiet, "presence").is_empty(),
+        "presence=off gets no join/leave"
+    );
+    assert!(
+        r.frames(a1, "presence")
+            .iter()
+            .all(|f| f["user"] != "alice"),
+        "no join of oneself"
+    );
+    let fx = r.core.closed(r.now, &Fixture::conn(a1));
+    r.apply(fx);
+    assert_eq!(
+        r.frames(watcher, "presence").len(),
+        2,
+        "alice still has a socket"
+    );
+    let fx = r.core.closed(r.now, &Fixture::conn(a2));
+    r.apply(fx);
+    let all = r.frames(watcher, "presence");
+    assert_eq!(
+        (all[2]["op"].as_str(), all[2]["user"].as_str()),
+        (Some("leave"), Some("alice"))
+    );
+    assert!(r.frames(quiet, "presence").is_empty());
+}
+
+// ---- publish, dedup, seq -------------------------------------------------------------------
+
+#[test]
+fn publishes_are_sequenced_deduplicated_and_acked_after_their_fan_out() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    let c = r.connect("carol");
+    r.publish(a, "x1");
+    r.publish(b, "x2");
+    r.publish(c, "x1"); // the same id from another socket
+    assert_eq!(r.seqs(b), vec![1]);
+    assert_eq!(r.seqs(c), vec![1, 2]);
+    assert_eq!(r.seqs(a), vec![2], "no echo by default");
+    let acks = r.frames(c, "ack");
+    assert_eq!(
+        acks,
+        vec![json!({"type":"ack","id":"x1","seq":1,"duplicate":true})]
+    );
+    // The server API shares the id space.
+    match r.http(Some("x2"), false) {
+        Published::Durable(p) => assert_eq!((p.seq, p.duplicate, p.delivered), (2, true, 0)),
+        other => panic!("{other:?}"),
+    }
+    match r.http(Some("x3"), false) {
+        Published::Durable(p) => assert_eq!((p.seq, p.duplicate, p.delivered), (3, false, 3)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.seqs(a), vec![2, 3]);
+    // Echo puts the sender's own message ahead of its ack.
+    r.send(
+        a,
+        json!({"type":"publish","id":"x4","event":"chat","echo":true}),
+    );
+    let mine: Vec<&Value> = r
+        .inbox
+        .iter()
+        .filter(|(h, _)| *h == a)
+        .map(|(_, f)| f)
+        .collect();
+    let n = mine.len();
+    assert_eq!(
+        (mine[n - 2]["type"].as_str(), mine[n - 2]["seq"].as_u64()),
+        (Some("message"), Some(4))
+    );
+    assert_eq!(mine[n - 1]["type"], "ack");
+    assert_eq!(r.core.head().last_seq, 4);
+}
+
+#[test]
+fn a_token_without_write_or_past_its_expiry_cannot_publish() {
+    let mut r = Fixture::new(limits());
+    let reader = r
+        .try_connect(ConnectRequest {
+            write: false,
+            ..Fixture::request("reader")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let other = r.connect("other");
+    r.publish(reader, "r1");
+    assert_eq!(r.frames(reader, "error")[0]["code"], "forbidden");
+    assert!(r.seqs(other).is_empty());
+    let late = r
+        .try_connect(ConnectRequest {
+            exp: NOW / 1000 + 10,
+            ..Fixture::request("late")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.now += (11 + LEEWAY_SECS) * 1000;
+    r.publish(late, "l1");
+    assert_eq!(r.frames(late, "error")[0]["code"], "token_expired");
+    assert_eq!(r.close_code(late), Some(4001));
+    assert!(r.core.peer(&Fixture::conn(late)).is_none());
+}
+
+// ---- strikes and kicks ---------------------------------------------------------------------
+
+#[test]
+fn repeated_bad_frames_and_oversized_messages_close_the_socket() {
+    let mut r = Fixture::new(Limits {
+        max_message_bytes: 100,
+        ..limits()
+    });
+    let a = r.connect("alice");
+    for i in 1..=10 {
+        let fx = r.send_raw(a, "not json");
+        r.apply(fx);
+        let errors = r.frames(a, "error").len();
+        assert_eq!(errors, i, "each bad frame is answered");
+        assert_eq!(
+            r.close_code(a).is_some(),
+            i == 10,
+            "closed at the 10th, not before"
+        );
+    }
+    assert_eq!(r.close_code(a), Some(4400));
+    let b = r.connect("bob");
+    let big = format!(
+        "{{\"type\":\"publish\",\"id\":\"a\",\"event\":\"e\",\"data\":\"{}\"}}",
+        "x".repeat(200)
+    );
+    for _ in 0..3 {
+        let fx = r.send_raw(b, &big);
+        r.apply(fx);
+    }
+    assert_eq!(
+        r.frames(b, "error")
+            .iter()
+            .filter(|f| f["code"] == "too_large")
+            .count(),
+        3
+    );
+    assert_eq!(r.close_code(b), Some(1009));
+    let fx = r.core.binary(r.now, &Fixture::conn(b));
+    assert!(fx.is_empty(), "a closed socket's later messages do nothing");
+}
+
+/// The bug this design fixes by construction: a socket kicked with 4008 in the middle of
+/// an array frame must not publish the rest of the array.
+#[test]
+fn a_socket_kicked_inside_an_array_publishes_nothing_after_the_kick() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_burst: 5,
+        rate_limit_per_sec: 1,
+        ..limits()
+    });
+    let spammer = r.connect("spam");
+    let victim = r.connect("victim");
+    let frames: Vec<Value> = (0..100)
+        .map(|i| json!({"type":"publish","id":format!("s{i}"),"event":"chat"}))
+        .collect();
+    r.send(spammer, Value::Array(frames));
+    // 5 accepted (the burst), 5 refused with rate_limited, the 6th refusal closes.
+    assert_eq!(r.seqs(victim), vec![1, 2, 3, 4, 5]);
+    let errors = r.frames(spammer, "error");
+    assert_eq!(errors.len(), 6, "{errors:?}");
+    assert!(errors.iter().all(|e| e["code"] == "rate_limited"));
+    assert_eq!(r.frames(spammer, "ack").len(), 5);
+    assert_eq!(r.close_code(spammer), Some(4008));
+    assert!(
+        r.core.peer(&Fixture::conn(spammer)).is_none(),
+        "no state left behind"
+    );
+    assert_eq!(r.core.head().last_seq, 5);
+    // Anything it still manages to send is ignored.
+    r.publish(spammer, "late");
+    assert_eq!(r.core.head().last_seq, 5);
+    // The victim's own limits are untouched.
+    r.publish(victim, "v1");
+    assert_eq!(r.frames(victim, "ack")[0]["seq"], 6);
+}
+
+#[test]
+fn an_accepted_publish_resets_the_strikes() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_burst: 2,
+        rate_limit_per_sec: 1,
+        ..limits()
+    });
+    let a = r.connect("alice");
+    for round in 0..3 {
+        for i in 0..4 {
+            r.publish(a, &format!("r{round}-{i}"));
+        }
+        r.now += 2000; // refill: the next round starts with an accepted publish
+    }
+    assert_eq!(
+        r.close_code(a),
+        None,
+        "two refusals per burst never reach the kick"
+    );
+    assert_eq!(r.frames(a, "ack").len(), 6);
+}
+
+// ---- expiry --------------------------------------------------------------------------------
+
+#[test]
+fn the_alarm_follows_the_earliest_expiry_and_closes_in_groups() {
+    let mut r = Fixture::new(limits());
+    let base = NOW / 1000;
+    let at = |exp: i64| (exp + LEEWAY_SECS + 1) * 1000;
+    let conn_exp = |r: &mut Fixture, user: &str, exp: i64| {
+        r.try_connect(ConnectRequest {
+            exp,
+            ..Fixture::request(user)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let late = conn_exp(&mut r, "late", base + 200);
+    assert_eq!(r.alarms, vec![at(base + 200)]);
+    let first = conn_exp(&mut r, "first", base + 100);
+    let soon = conn_exp(&mut r, "soon", base + 103);
+    assert_eq!(
+        r.alarms,
+        vec![at(base + 200), at(base + 100)],
+        "only an earlier expiry moves the alarm"
+    );
+    r.now = at(base + 100);
+    let fx = r.core.alarm(r.now);
+    r.apply(fx);
+    // Both expire within EXPIRY_COALESCE_SECS of the alarm: one wake-up closes both.
+    assert_eq!(r.close_code(first), Some(4001));
+    assert_eq!(r.close_code(soon), Some(4001));
+    assert_eq!(r.frames(first, "error")[0]["code"], "token_expired");
+    assert_eq!(r.close_code(late), None);
+    assert_eq!(
+        r.alarms.last(),
+        Some(&at(base + 200)),
+        "rescheduled for the next expiry"
+    );
+    r.now = at(base + 200);
+    let fx = r.core.alarm(r.now);
+    r.apply(fx);
+    assert_eq!(r.close_code(late), Some(4001));
+    assert_eq!(r.alarms.len(), 3, "nothing left to wake for");
+}
+
+#[test]
+fn a_failed_alarm_is_set_again_by_the_next_connect() {
+    let mut r = Fixture::new(limits());
+    r.connect("a");
+    assert_eq!(r.alarms.len(), 1);
+    r.connect("b");
+    assert_eq!(r.alarms.len(), 1, "same expiry: no second write");
+    r.core.alarm_failed();
+    r.connect("c");
+    assert_eq!(r.alarms.len(), 2);
+}
+
+// ---- ephemeral messages and conflation ---------------------------------------------------
+
+#[test]
+fn ephemeral_messages_touch_no_storage_and_no_sequence() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    let rows = r.rows();
+    r.send(
+        a,
+        json!({"type":"publish","ephemeral":true,"event":"cursor","data":{"x":1}}),
+    );
+    r.send(
+        a,
+        json!({"type":"publish","ephemeral":true,"id":"t1","event":"typing"}),
+    );
+    r.send(
+        a,
+        json!({"type":"publish","ephemeral":true,"id":"t1","event":"typing"}),
+    );
+    match r.http(None, true) {
+        Published::Ephemeral(e) => assert_eq!(e.delivered, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.rows(), rows, "no row read or written");
+    assert_eq!(r.core.head().last_seq, 0);
+    let got = r.frames(b, "message");
+    assert_eq!(
+        got.len(),
+        4,
+        "the same id twice is delivered twice: {got:?}"
+    );
+    assert!(got
+        .iter()
+        .all(|m| m["ephemeral"] == true && m.get("seq").is_none()));
+    assert_eq!(got[0]["data"], json!({"x":1}));
+    assert_eq!(got[0]["from"]["user"], "alice");
+    assert_eq!(got[3]["from"], Value::Null);
+    assert_eq!(
+        r.frames(a, "ack"),
+        vec![json!({"type":"ack","id":"t1","ephemeral":true}); 2]
+    );
+}
+
+#[test]
+fn a_room_that_is_behind_sends_the_latest_signal_of_each_sender() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_per_sec: 1000,
+        rate_limit_burst: 1000,
+        ..limits()
+    });
+    let a = r.connect("alice");
+    let c = r.connect("carol");
+    let b = r.connect("bob");
+    // A burst arrives before the flush runs (the room is behind): nothing is flushed in
+    // between, so everything is still queued together.
+    let mut fx = Vec::new();
+    for i in 0..500 {
+        let frame = json!({"type":"publish","ephemeral":true,"event":"cursor","data":{"i":i}});
+        fx.extend(r.send_raw(a, &frame.to_string()));
+        r.now += 1; // 500 cursor moves at 1 kHz
+    }
+    let carol = json!({"type":"publish","ephemeral":true,"event":"cursor","data":{"carol":1}});
+    fx.extend(r.send_raw(c, &carol.to_string()));
+    let pen =
+        json!({"type":"publish","ephemeral":true,"event":"cursor","key":"pen","data":{"pen":1}});
+    fx.extend(r.send_raw(a, &pen.to_string()));
+    r.apply(fx);
+    let got = r.frames(b, "message");
+    let alice: Vec<&Value> = got
+        .iter()
+        .filter(|m| m["from"]["user"] == "alice" && m.get("key").is_none())
+        .collect();
+    assert_eq!(
+        alice.len(),
+        1,
+        "one cursor per sender, not the backlog: {got:?}"
+    );
+    assert_eq!(alice[0]["data"]["i"], 499, "the final position");
+    assert_eq!(
+        got.iter().filter(|m| m["from"]["user"] == "carol").count(),
+        1
+    );
+    assert_eq!(
+        got.iter().filter(|m| m["key"] == "pen").count(),
+        1,
+        "another key is another signal"
+    );
+    assert_eq!(
+        r.messages.iter().filter(|(h, _)| *h == b).count(),
+        2,
+        "welcome + one message"
+    );
+}
+
+// ---- slow consumers ------------------------------------------------------------------------
+
+fn kib(n: usize) -> String {
+    "x".repeat(n * 1024)
+}
+
+#[test]
+fn a_reader_that_reports_its_reads_is_bounded_exactly() {
+    let mut r = Fixture::new(Limits {
+        max_pending_bytes: 64 * 1024,
+        ..limits()
+    });
+    let publisher = r.connect("pub");
+    let reader = r.connect("reader");
+    let stalled = r.connect("stalled");
+    let received = |r: &mut Fixture, h: u32| {
+        let n = r.messages.iter().filter(|(to, _)| *to == h).count();
+        r.send(h, json!({"type":"received","messages":n}));
+    };
+    received(&mut r, reader);
+    received(&mut r, stalled); // it read its welcome, then stops reading
+    for i in 0..10 {
+        r.send(
+            publisher,
+            json!({"type":"publish","id":format!("p{i}"),"event":"e","data":kib(10)}),
+        );
+        received(&mut r, reader);
+        r.now += 100;
+    }
+    assert_eq!(
+        r.seqs(reader),
+        (1..=10).collect::<Vec<u64>>(),
+        "a reader that keeps up gets everything"
+    );
+    assert_eq!(r.close_code(reader), None);
+    // 64 KiB unread is the bound: the stalled socket got six 10 KiB messages, not the 7th.
+    assert_eq!(r.seqs(stalled), (1..=6).collect::<Vec<u64>>());
+    assert_eq!(r.close_code(stalled), Some(4009));
+    assert!(r.core.peer(&Fixture::conn(stalled)).is_none());
+}
+
+#[test]
+fn a_slow_socket_loses_its_ephemeral_messages_before_it_is_closed() {
+    let mut r = Fixture::new(Limits {
+        max_pending_bytes: 16 * 1024,
+        ..limits()
+    });
+    let publisher = r.connect("pub");
+    let slow = r.connect("slow");
+    r.send(slow, json!({"type":"received","messages":1}));
+    r.send(
+        publisher,
+        json!({"type":"publish","id":"d1","event":"e","data":kib(12)}),
+    );
+    // 12 KiB unread of 16: a 6 KiB cursor no longer fits, a 1 KiB durable message does.
+    let mut fx = r.send_raw(
+        publisher,
+        &json!({"type":"publish","ephemeral":true,"event":"cursor","data":kib(6)}).to_string(),
+    );
+    fx.extend(r.send_raw(
+        publisher,
+        &json!({"type":"publish","id":"d2","event":"e","data":kib(1)}).to_string(),
+    ));
+    r.apply(fx);
+    assert_eq!(r.seqs(slow), vec![1, 2]);
+    assert!(r
+        .frames(slow, "message")
+        .iter()
+        .all(|m| m.get("ephemeral").is_none()));
+    assert_eq!(r.close_code(slow), None);
+    r.send(
+        publisher,
+        json!({"type":"publish","id":"d3","event":"e","data":kib(4)}),
+    );
+    assert_eq!(
+        r.close_code(slow),
+        Some(4009),
+        "durable messages beyond the bound close it"
+    );
+    assert_eq!(r.seqs(slow), vec![1, 2]);
+}
+
+#[test]
+fn a_reader_without_receipts_is_estimated_to_drain_the_bound_per_second() {
+    let mut r = Fixture::new(Limits {
+        max_pending_bytes: 10 * 1024,
+        ..limits()
+    });
+    let publisher = r.connect("pub");
+    let plain = r.connect("plain"); // never sends `received`
+                                    // 10 KiB a second is what the estimate assumes it drains: never closed.
+    for i in 0..20 {
+        r.send(
+            publisher,
+            json!({"type":"publish","id":format!("a{i}"),"event":"e","data":kib(9)}),
+        );
+        r.now += 1000;
+    }
+    assert_eq!(r.close_code(plain), None);
+    // A burst beyond 4× the bound within a second is not.
+    for i in 0..6 {
+        r.send(
+            publisher,
+            json!({"type":"publish","id":format!("b{i}"),"event":"e","data":kib(9)}),
+        );
+    }
+    assert_eq!(r.close_code(plain), Some(4009));
+    assert_eq!(
+        r.seqs(plain).len(),
+        24,
+        "20 paced + 4 of the burst (4 × 10 KiB)"
+    );
+}
+
+// ---- runtime failures, restore, migration ------------------------------------------------
+
+#[test]
+fn a_socket_whose_send_fails_is_dropped_and_its_user_leaves() {
+    let mut r = Fixture::new(limits());
+    let watcher = r.connect("w");
+    let broken = r.connect("broken");
+    let publisher = r.connect("p");
+    r.broken.push(broken);
+    r.publish(publisher, "m1");
+    assert_eq!(r.close_code(broken), Some(1011));
+    assert!(r.core.peer(&Fixture::conn(broken)).is_none());
+    let leaves: Vec<Value> = r
+        .frames(watcher, "presence")
+        .into_iter()
+        .filter(|f| f["op"] == "leave")
+        .collect();
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(leaves[0]["user"], "broken");
+}
+
+#[test]
+fn a_woken_room_is_rebuilt_from_its_sockets_and_storage() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    r.publish(a, "m1");
+    let ids: Vec<(u32, Identity)> = r
+        .core
+        .peers
+        .iter()
+        .map(|p| (p.handle, p.id.clone()))
+        .collect();
+    let gone = Identity {
+        conn: "c_gone".into(),
+        gone: true,
+        ..ids[0].1.clone()
+    };
+    let mut sockets = ids.clone();
+    sockets.push((99, gone));
+    let core = RoomCore::load(
+        &r.db,
+        limits(),
+        NOW,
+        &|| "e_other".into(),
+        sockets,
+        Some(NOW + 5000),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(core.head().epoch, "e_test");
+    assert_eq!(core.head().last_seq, 1);
+    assert_eq!(
+        core.connections(),
+        1,
+        "a socket the room closed is not restored"
+    );
+    assert!(core.peer("c_gone").is_none());
+}
+
+#[test]
+fn a_version_1_room_resumes_across_the_upgrade() {
+    let db = lite();
+    for stmt in V1_ROOM {
+        db.conn
+            .execute_batch(stmt)
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    let mut r = Fixture::on(db, limits());
+    let resumed = r
+        .try_connect(ConnectRequest {
+            since: Some(1),
+            epoch: Some("e_00000000000000aa".into()),
+            ..Fixture::request("bob")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let w = &r.frames(resumed, "welcome")[0];
+    assert_eq!(w["epoch"], "e_00000000000000aa");
+    assert_eq!(w["seq"], 2);
+    assert_eq!(
+        w["resume"],
+        json!({"requested":true,"recovered":true,"replayed":1})
+    );
+    // The replayed frame is byte for byte what version 1 stored and fanned out.
+    let replay = &r
+        .messages
+        .iter()
+        .filter(|(h, _)| *h == resumed)
+        .nth(1)
+        .map(|(_, m)| m.clone());
+    assert_eq!(
+        replay.as_deref(),
+        Some(
+            r#"{"type":"message","seq":2,"id":"second","event":"order.updated","data":null,"from":null,"ts":2000}"#
+        )
+    );
+    let a = r.connect("alice");
+    r.publish(a, "third");
+    assert_eq!(r.seqs(resumed), vec![2, 3], "gapless across the upgrade");
+    // Ids from before the upgrade are still deduplicated.
+    r.publish(a, "first");
+    assert_eq!(
+        r.frames(a, "ack")[1],
+        json!({"type":"ack","id":"first","seq":1,"duplicate":true})
+    );
+}
