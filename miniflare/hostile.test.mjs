@@ -4,7 +4,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { start, connect, rejected, token, userToken, signedFetch, signature, makeKeys, now, uid, until } from "./helpers.mjs";
+import WebSocket from "ws";
+import { start, connect, rejected, token, userToken, signedFetch, signature, makeKeys, now, uid, until, Client } from "./helpers.mjs";
 
 let env, keys, jwks;
 before(async () => {
@@ -290,10 +291,13 @@ test("hostile upgrades: paths, tokens, headers and JWT attacks each get their co
   }
   // Oversized headers: an 8 KiB+ token in the subprotocol is refused like any oversized
   // token; a 64 KiB unrelated header is simply ignored (header size limits belong to
-  // Cloudflare's edge), and the upgrade proceeds on the token's merits.
-  const bigProto = await raw(`/v1/rooms/${room}/ws`, { ...ws, "Sec-WebSocket-Protocol": `roomcast.v1, roomcast.bearer.${"a".repeat(20000)}` });
-  assert.equal(bigProto.status, 401);
-  assert.equal(JSON.parse(bigProto.body).error.code, "invalid_token");
+  // Cloudflare's edge), and the upgrade proceeds on the token's merits. The subprotocol
+  // upgrade offers roomcast.v1, so its refusal is an error frame and close 4001 on an
+  // accepted socket (docs/protocol.md §10), not the HTTP 401 of the other transports.
+  const bigProto = new Client(new WebSocket(`${env.wsBase}/v1/rooms/${room}/ws`, ["roomcast.v1", `roomcast.bearer.${"a".repeat(20000)}`]));
+  bigProto.ws.on("error", () => {}); // an HTTP refusal shows as close 1006, asserted below
+  assert.equal((await bigProto.closed).code, 4001);
+  assert.deepEqual(bigProto.frames.map((f) => [f.type, f.code]), [["error", "invalid_token"]]);
   const padded = await raw(`/v1/rooms/${room}/ws`, { ...ws, Authorization: `Bearer ${good}`, "X-Pad": "p".repeat(65536) });
   assert.equal(padded.status, 101);
   assert.equal(await (await fetch(`${env.base}/healthz`)).text(), "ok");
