@@ -1,7 +1,9 @@
 // The demo board in a real browser: headless Chromium (Debian's, driven by playwright-core)
 // against `wrangler dev`, which serves the static assets and routes /v1/* to the Worker
 // exactly as a deployment does. Two pages see each other's chat, cursor and presence; one
-// page's connection is cut and it recovers without losing a message.
+// page's connection is cut and it recovers without losing a message. Then the SDK, loaded by
+// a page from /sdk/, meets refusals it can only see through docs/protocol.md §10 (a browser
+// hides a refused upgrade's status): an always-expired token and a missing permission.
 // A screenshot is saved to test-results/demo-board.png (git-ignored).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -10,6 +12,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import net from "node:net";
 import { randomUUID } from "node:crypto";
 import { chromium } from "playwright-core";
+import { JWT_SECRET, token, userToken, now } from "./helpers.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 let server, browser, base;
@@ -44,7 +47,7 @@ before(async () => {
   let log = "";
   server = spawn(
     "node_modules/.bin/wrangler",
-    ["dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `JWT_SECRET:${randomUUID()}`, "--var", "DEV_TOKENS:1", "--show-interactive-dev-session=false"],
+    ["dev", "--ip", "127.0.0.1", "--port", String(port), "--var", `JWT_SECRET:${JWT_SECRET}`, "--var", "DEV_TOKENS:1", "--show-interactive-dev-session=false"],
     { env: { ...process.env, WRANGLER_SEND_METRICS: "false" }, stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
   server.stdout.on("data", (c) => (log += c));
@@ -134,4 +137,90 @@ test("two pages share chat, cursors and presence, and a cut connection recovers 
 
   await alice.screenshot({ path: "test-results/demo-board-after-reconnect.png" });
   assert.deepEqual([alice.errors, bob.errors].flat(), []);
+});
+
+/**
+ * In a fresh page of the demo's origin: imports the SDK from /sdk/, connects to `room`
+ * with a token provider that always returns `tok`, and waits for the client to stop. Then
+ * waits several of its longest backoff periods (ending early if another attempt is made,
+ * which is the failure). Returns what the page saw: provider calls, sockets created, the
+ * final state and the error it stopped with.
+ */
+async function refusedInBrowser(room, tok) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  await page.goto(`${base}/healthz`); // any page of the origin; the SDK comes from /sdk/
+  const seen = await page.evaluate(
+    async ({ room, tok }) => {
+      const { Roomcast } = await import("/sdk/index.js");
+      const backoff = { baseMs: 50, capMs: 200, stableMs: 2000 };
+      let sockets = 0;
+      class CountingWebSocket extends WebSocket {
+        constructor(...args) {
+          super(...args);
+          sockets++;
+        }
+      }
+      const reasons = [];
+      const client = new Roomcast({
+        url: location.origin,
+        room,
+        token: (ctx) => {
+          reasons.push(ctx.reason);
+          return tok;
+        },
+        WebSocket: CountingWebSocket,
+        backoff,
+      });
+      const stopped = await new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(null), 20_000);
+        client.on("state", (state, detail) => {
+          if (state !== "closed") return;
+          clearTimeout(timer);
+          resolve(detail.error ?? {});
+        });
+      });
+      const at = { sockets, reasons: reasons.length };
+      const deadline = Date.now() + 5 * backoff.capMs;
+      while (Date.now() < deadline && sockets === at.sockets && reasons.length === at.reasons) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const result = {
+        state: client.state,
+        error: stopped && { code: stopped.code, fatal: stopped.fatal, closeCode: stopped.closeCode, message: stopped.message },
+        reasons,
+        sockets,
+        socketsAtStop: at.sockets,
+      };
+      client.close();
+      return result;
+    },
+    { room, tok },
+  );
+  await page.close();
+  assert.deepEqual(errors, []);
+  return seen;
+}
+
+test("in Chromium, an always-expired token is asked for twice, then the SDK stops with token_expired", async () => {
+  const seen = await refusedInBrowser(`demo-${randomUUID().slice(0, 8)}`, await userToken("ada", { exp: now() - 120 }));
+  assert.equal(seen.state, "closed");
+  assert.ok(seen.error, "the client stopped");
+  assert.deepEqual([seen.error.code, seen.error.fatal, seen.error.closeCode], ["token_expired", true, 4001]);
+  assert.equal(seen.error.message, "the token has expired; get a fresh one");
+  assert.deepEqual(seen.reasons, ["connect", "expired"], "the provider, exactly twice");
+  assert.equal(seen.sockets, 2);
+  assert.equal(seen.socketsAtStop, 2, "no attempt after stopping");
+});
+
+test("in Chromium, a token without read permission stops the SDK at once with forbidden", async () => {
+  const room = `demo-${randomUUID().slice(0, 8)}`;
+  const seen = await refusedInBrowser(room, await token({ sub: "ada", rooms: { "other-*": ["read", "write"] } }));
+  assert.equal(seen.state, "closed");
+  assert.ok(seen.error, "the client stopped");
+  assert.deepEqual([seen.error.code, seen.error.fatal, seen.error.closeCode], ["forbidden", true, 4403]);
+  assert.match(seen.error.message, /no "read" permission on room/);
+  assert.deepEqual(seen.reasons, ["connect"]);
+  assert.equal(seen.sockets, 1);
 });

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { start, userToken, signedFetch, uid, now } from "./helpers.mjs";
+import { start, userToken, signedFetch, uid, now, until } from "./helpers.mjs";
 import { Roomcast } from "../client/dist/index.js";
 
 let env;
@@ -25,15 +25,6 @@ afterEach(() => {
 
 // Fast enough for tests, same shape as production.
 const FAST = { backoff: { baseMs: 25, capMs: 400, stableMs: 2000 }, connectTimeoutMs: 5000 };
-
-/** Resolves when `pred()` holds; checked every few ms, failing with `what` after `ms`. */
-async function waitFor(pred, what, ms = 30_000) {
-  const deadline = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** Resolves with the first `event` emitted by `client` whose arguments satisfy `pred`. */
 function when(client, event, pred = () => true, ms = 30_000, what = event) {
@@ -144,7 +135,9 @@ async function verify(base, room, peers, receivers, { allowResync = false } = {}
   const expected = (r) => new Set(peers.filter((p) => p !== r || r.echo).flatMap((p) => p.published.map((x) => x.id)));
   for (const r of receivers) {
     const want = expected(r);
-    await waitFor(() => new Set(r.messages.map((m) => m.id)).size >= want.size, `${r.user} to receive ${want.size} messages (has ${r.messages.length})`);
+    // Checked after each message the client emits (`peer` records it first).
+    const complete = () => new Set(r.messages.map((m) => m.id)).size >= want.size;
+    if (!complete()) await when(r.client, "message", complete, 30_000, `${r.user} to receive ${want.size} messages (has ${r.messages.length})`);
   }
   for (const r of receivers) {
     const ids = r.messages.map((m) => m.id);
@@ -276,21 +269,28 @@ test("server restart over persisted storage: clients reconnect, resume, re-send,
   }
 });
 
-// Tokens minted with exp ≈ now − 25 are accepted (30 s leeway) and expire on the open
-// socket about 5 s later.
-const nearlyExpired = (user) => userToken(user, { exp: now() - 25 });
+/**
+ * A peer whose first token has exp ≈ now − 25: accepted (30 s leeway), it expires on the
+ * open socket about 5 s later. Every later token is fresh. `exp` is on the peer.
+ */
+function expiringPeer(user, room) {
+  const exp = now() - 25;
+  const p = peer(user, room, { token: (ctx) => (ctx.reason === "connect" ? userToken(user, { exp }) : userToken(user)) });
+  p.exp = exp;
+  return p;
+}
 
 test("publishing across a token expiry: 4001 (or token_expired on the publish), fresh token, delivered once", async () => {
   const room = uid("sdk-exp-pub");
   const watcher = peer("watcher", room);
-  const exp = now() - 25;
-  const e = peer("expiring", room, { token: (ctx) => (ctx.reason === "connect" ? userToken("expiring", { exp }) : userToken("expiring")) });
+  const e = expiringPeer("expiring", room);
   await Promise.all([watcher.opened(), e.opened()]);
   const reconnected = when(e.client, "state", (s, d) => s === "reconnecting" && d.code === 4001, 20_000, "close 4001");
   await e.publish({ n: 1 });
   // Past exp + leeway: the server either closed the socket already (4001) or rejects this
   // publish with token_expired and then closes with 4001. Either way it must get through.
-  await waitFor(() => now() > exp + 31, "the token to expire", 15_000);
+  // Nothing announces the expiry itself, so this waits for the clock (with a deadline).
+  await until(() => now() > e.exp + 31, "the token to expire", 15_000);
   await e.publish({ n: 2 });
   await reconnected;
   await e.publish({ n: 3 });
@@ -303,8 +303,7 @@ test("publishing across a token expiry: 4001 (or token_expired on the publish), 
 test("an idle socket whose token expires is closed with 4001; the client refreshes and misses nothing", async () => {
   const room = uid("sdk-exp-idle");
   const pub = peer("pub", room);
-  const exp = now() - 25;
-  const e = peer("idle", room, { token: (ctx) => (ctx.reason === "connect" ? userToken("idle", { exp }) : userToken("idle")) });
+  const e = expiringPeer("idle", room);
   await Promise.all([pub.opened(), e.opened()]);
   for (let i = 0; i < 5; i++) await pub.publish({ i });
   // The server must close the socket itself (error token_expired, then 4001) once

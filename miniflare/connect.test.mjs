@@ -2,7 +2,7 @@
 // every rejection, each with its status, code, JSON body and headers.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { start, connect, rejected, token, userToken, serviceToken, makeKeys, now, uid, JWT_SECRET } from "./helpers.mjs";
+import { start, connect, rejected, token, userToken, serviceToken, makeKeys, now, uid } from "./helpers.mjs";
 
 let env, keys;
 before(async () => {
@@ -147,5 +147,3 @@ test("unknown routes and methods get JSON errors", async () => {
   assert.equal(b.status, 405);
   assert.equal(b.headers.get("allow"), "POST");
 });
-
-void JWT_SECRET;

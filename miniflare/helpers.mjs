@@ -23,7 +23,9 @@ export async function makeKeys() {
 /** Starts the Worker in workerd. `bindings` override or add vars. */
 export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) {
   // Structured log lines from the Worker and rooms, for tests that observe lifecycle.
+  // They arrive in the order the runtime wrote them, on one stream.
   const logs = [];
+  const logWaiters = new Set();
   const mf = new Miniflare({
     ...shared,
     ...(persist ? { durableObjectsPersist: persist } : {}),
@@ -37,11 +39,14 @@ export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) 
           for (const line of lines) {
             const at = line.indexOf("{");
             if (at < 0) continue;
+            let entry;
             try {
-              logs.push(JSON.parse(line.slice(at)));
+              entry = JSON.parse(line.slice(at));
             } catch {
-              /* not one of ours */
+              continue; // not one of ours
             }
+            logs.push(entry);
+            for (const waiter of logWaiters) waiter(logs.length - 1);
           }
         });
       }
@@ -62,7 +67,43 @@ export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) 
     },
   });
   const url = await mf.ready;
-  return { mf, logs, base: url.href.replace(/\/$/, ""), wsBase: url.href.replace(/^http/, "ws").replace(/\/$/, "") };
+  /**
+   * Resolves with the first log line at index `from` or later that matches `pred` (already
+   * logged or still to come). Lines arrive in order, so once it resolves every line the
+   * runtime wrote before it is in `logs` too.
+   */
+  function nextLog(pred, { from = 0, what = "log line", timeoutMs = 10_000 } = {}) {
+    const found = logs.slice(from).find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const waiter = (i) => {
+        if (i < from || !pred(logs[i])) return;
+        logWaiters.delete(waiter);
+        clearTimeout(timer);
+        resolve(logs[i]);
+      };
+      const timer = setTimeout(() => {
+        logWaiters.delete(waiter);
+        reject(new Error(`timed out waiting for ${what}; last lines: ${JSON.stringify(logs.slice(-5))}`));
+      }, timeoutMs);
+      logWaiters.add(waiter);
+    });
+  }
+  return { mf, logs, nextLog, base: url.href.replace(/\/$/, ""), wsBase: url.href.replace(/^http/, "ws").replace(/\/$/, "") };
+}
+
+/**
+ * Resolves once `pred()` holds, checking every 20 ms, and fails with `what` after
+ * `timeoutMs`. Only for conditions the runtime gives no event for (the clock passing a
+ * token's expiry, a room staying idle long enough to be evicted); wait for a frame or a
+ * log line with `Client.next`/`nextN` or `nextLog` instead.
+ */
+export async function until(pred, what, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 // Kept equal to wrangler.toml's; not newer than the workerd that Miniflare 4 ships.
@@ -146,14 +187,19 @@ export class Client {
     });
   }
 
-  /** Resolves once `n` frames match `pred`, with all of them. */
-  async nextN(pred, n, what = "frames", timeoutMs = 20000) {
-    const deadline = Date.now() + timeoutMs;
-    while (this.frames.filter(pred).length < n) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${n} ${what}; have ${this.frames.filter(pred).length}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return this.frames.filter(pred);
+  /** Resolves once `n` recorded or future frames match `pred`, with all of them. */
+  nextN(pred, n, what = "frames", timeoutMs = 20000) {
+    let count = this.frames.filter(pred).length;
+    if (count >= n) return Promise.resolve(this.frames.filter(pred));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${n} ${what}; have ${count}`)), timeoutMs);
+      this.waiters.push((f) => {
+        if (!pred(f) || ++count < n) return false;
+        clearTimeout(timer);
+        resolve(this.frames.filter(pred));
+        return true;
+      });
+    });
   }
 
   messages() {

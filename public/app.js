@@ -54,12 +54,15 @@ room.on("presence", (e) => {
   renderPeople();
 });
 
-room.on("state", (s) => {
-  $("state").textContent = s;
+room.on("state", (s, detail) => {
+  // A stop the server explained (an expired or refused token, no permission) says why.
+  $("state").textContent = s === "closed" && detail.error ? `${s}: ${detail.error.code}` : s;
+  $("state").title = detail.error?.message ?? "";
   $("state").dataset.state = s;
 });
 
-// Chat and cursors arrive as messages, once each and in order.
+// Chat arrives as durable messages, once each and in order; cursors as ephemeral ones
+// (`m.ephemeral`), which the room never stores or replays.
 const cursors = new Map();
 function addChat(user, text, mine) {
   const li = document.createElement("li");
@@ -98,7 +101,10 @@ $("send").addEventListener("submit", async (e) => {
 });
 
 // Cursor positions, relative to the board, at most ~10 per second: well inside the
-// default rate limit (20/s), and smooth enough with the CSS transition.
+// default rate limit (20/s, which signals count against too), and smooth enough with the
+// CSS transition. They are signals (ephemeral): a position is worthless a second later, so
+// one made while offline is dropped rather than queued, and a room that is behind sends
+// only the latest one. One cursor per connection, so no conflation key is needed.
 let pending = null;
 let last = 0;
 $("board").addEventListener("pointermove", (e) => {
@@ -113,5 +119,5 @@ function flush() {
   last = performance.now();
   const p = pending;
   pending = null;
-  room.publish("cursor", p).catch(() => {});
+  room.signal("cursor", p);
 }

@@ -201,7 +201,127 @@ fn tenant_of(identity: &Identity, url: &Url) -> Result<Option<String>> {
     }
 }
 
+/// `GET /v1/rooms/{room}/ws`. A browser sees neither the status nor the body of a refused
+/// upgrade (only close 1006), so when the client offered `roomcast.v1` a refusal from v1
+/// §4 is delivered over a socket the Worker accepts itself: one `error` frame, then a close
+/// code the client can act on (docs/protocol.md §10). Other transports keep the plain
+/// HTTP answers, and so does `upgrade_required`, which has no socket to answer on.
 async fn connect(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
+    let upgrade = header(req, "Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let (_, offered) = extract_token(header(req, "Sec-WebSocket-Protocol").as_deref(), None, None);
+    let answer = open_socket(req, url, env, room).await;
+    if !(upgrade && offered) {
+        return answer;
+    }
+    match answer {
+        Err(e) => match browser_close_code(&e) {
+            Some(code) => refuse_over_socket(req, &e, code),
+            None => Err(e),
+        },
+        // The room refuses too (`too_many_connections`) with a plain HTTP answer, which a
+        // browser could not read either.
+        Ok(resp) if resp.status_code() != 101 => relay_room_refusal(req, resp).await,
+        Ok(resp) => Ok(resp),
+    }
+}
+
+/// Close code for `too_many_connections` delivered over a socket (docs/protocol.md §10).
+/// Kept here rather than in `error::close` until the error module takes the §10 codes.
+const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
+
+/// The close code that carries a v1 §4 refusal to a browser (docs/protocol.md §10), or
+/// `None` for errors that keep their HTTP answer (`upgrade_required`, `misconfigured`,
+/// `internal`, …).
+fn browser_close_code(err: &Error) -> Option<u16> {
+    use crate::error::close;
+    match err {
+        Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired => {
+            Some(close::TOKEN_EXPIRED)
+        }
+        Error::Forbidden(_) | Error::OriginNotAllowed(_) => Some(close::FORBIDDEN),
+        Error::TooManyConnections(_) => Some(CLOSE_TOO_MANY_CONNECTIONS),
+        Error::BadRoom(_) | Error::BadRequest(_) => Some(close::PROTOCOL_ERROR),
+        _ => None,
+    }
+}
+
+/// Accepts the browser's socket in the Worker (no Durable Object is involved), sends the
+/// refusal as one `error` frame and closes with `code`. The queued frame and close go out
+/// once the runtime completes the handshake.
+fn refuse_over_socket(req: &Request, err: &Error, code: u16) -> Result<Response> {
+    // The same line `fetch` writes for an HTTP rejection, plus the close code: the
+    // answer is a 101 now, but it is still a refusal.
+    log_line(
+        "reject",
+        &[
+            ("method", "GET"),
+            ("path", &req.path()),
+            ("status", &err.status().to_string()),
+            ("code", err.code()),
+            ("close", &code.to_string()),
+        ],
+    );
+    let pair = worker::WebSocketPair::new().map_err(internal)?;
+    pair.server.accept().map_err(internal)?;
+    pair.server
+        .send_with_str(crate::protocol::error_frame(None, err))
+        .map_err(internal)?;
+    pair.server
+        .close(Some(code), Some(err.code()))
+        .map_err(internal)?;
+    let mut resp = Response::from_websocket(pair.client).map_err(internal)?;
+    resp.headers_mut()
+        .set("Sec-WebSocket-Protocol", SUBPROTOCOL)
+        .map_err(internal)?;
+    Ok(resp)
+}
+
+/// A room's non-101 answer to a browser upgrade: a refusal from v1 §4 (the room decides
+/// `too_many_connections`) goes over a socket like the Worker's own; anything else is
+/// passed on with its status, headers and body.
+async fn relay_room_refusal(req: &Request, mut resp: Response) -> Result<Response> {
+    let status = resp.status_code();
+    let body = resp.bytes().await.map_err(internal)?;
+    if let Some(err) = room_refusal(&body) {
+        if let Some(code) = browser_close_code(&err) {
+            return refuse_over_socket(req, &err, code);
+        }
+    }
+    Ok(Response::builder()
+        .with_status(status)
+        .with_headers(resp.headers().clone())
+        .fixed(body))
+}
+
+/// The error in a room's JSON error body (`{"error":{"code","message"}}`), for the codes
+/// that have a browser close code.
+fn room_refusal(body: &[u8]) -> Option<Error> {
+    #[derive(Deserialize)]
+    struct Body {
+        error: Detail,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        code: String,
+        message: String,
+    }
+    let Body { error } = serde_json::from_slice(body).ok()?;
+    let m = error.message;
+    Some(match error.code.as_str() {
+        "too_many_connections" => Error::TooManyConnections(m),
+        "forbidden" => Error::Forbidden(m),
+        "origin_not_allowed" => Error::OriginNotAllowed(m),
+        "bad_room" => Error::BadRoom(m),
+        "bad_request" => Error::BadRequest(m),
+        "invalid_token" => Error::InvalidToken(m),
+        "token_expired" => Error::TokenExpired,
+        "missing_token" => Error::MissingToken,
+        _ => return None,
+    })
+}
+
+/// Authenticates and authorizes a socket upgrade, then hands it to the room.
+async fn open_socket(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
     check_room(room)?;
     let upgrade = header(req, "Upgrade").unwrap_or_default();
     if !upgrade.eq_ignore_ascii_case("websocket") {
@@ -618,6 +738,38 @@ mod tests {
         assert_eq!(t.as_deref(), Some("CCC"));
         let (t, _) = extract_token(None, None, Some(""));
         assert_eq!(t, None);
+    }
+
+    #[test]
+    fn browser_close_codes_follow_the_status_classes() {
+        let cases = [
+            (Error::MissingToken, Some(4001)),
+            (Error::InvalidToken("x".into()), Some(4001)),
+            (Error::TokenExpired, Some(4001)),
+            (Error::Forbidden("x".into()), Some(4403)),
+            (Error::OriginNotAllowed("x".into()), Some(4403)),
+            (Error::TooManyConnections("x".into()), Some(4029)),
+            (Error::BadRoom("x".into()), Some(4400)),
+            (Error::BadRequest("x".into()), Some(4400)),
+            (Error::UpgradeRequired, None),
+            (Error::Misconfigured("x".into()), None),
+            (Error::Internal("x".into()), None),
+        ];
+        for (err, code) in cases {
+            assert_eq!(browser_close_code(&err), code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn room_refusals_are_read_from_the_error_body() {
+        let body = br#"{"error":{"code":"too_many_connections","message":"user \"a\" has 10"}}"#;
+        assert_eq!(
+            room_refusal(body),
+            Some(Error::TooManyConnections(r#"user "a" has 10"#.into()))
+        );
+        let internal = br#"{"error":{"code":"internal","message":"internal error"}}"#;
+        assert_eq!(room_refusal(internal), None);
+        assert_eq!(room_refusal(b"not json"), None);
     }
 
     #[test]

@@ -12,90 +12,28 @@
 //! to it. `JWT_PUBLIC_KEYS` configuration errors are pinned as `Error::Misconfigured`
 //! naming the variable.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
 use jwt_compact::{
-    alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPrivateKey},
-    Algorithm, AlgorithmExt, AlgorithmSignature, Header, Renamed,
+    alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa},
+    AlgorithmExt, Header, Renamed,
 };
 mod common;
-use common::{b64, claims, fixture, private_jwk, public_jwk, NOW, SECRET};
+use common::{
+    b64, claims, config, default_keys, default_verifier, fixture, mint, mint_raw, mint_with,
+    public_jwk, raw_header, segments, signers, verifier, Alg, Key, ALGS, ASYMMETRIC, NOW, SECRET,
+};
 use roomcast::auth::{
     pattern_matches, Identity, Perms, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     MAX_TOKEN_BYTES,
 };
-use roomcast::config::Config;
 use roomcast::error::Error;
 use serde_json::{json, Map, Value};
 
-/// A different HS256 secret, for "signed with the wrong key".
-const OTHER_SECRET: &str = "test-only-some-other-secret-fedcba9876543210";
-
-type EsSigningKey = <Es256 as Algorithm>::SigningKey;
-type EdSigningKey = <Ed25519 as Algorithm>::SigningKey;
-
 // ---------------------------------------------------------------------------------------
-// Keys, configuration, minting
+// Keys and claims (keys, configuration and minting are in tests/common)
 // ---------------------------------------------------------------------------------------
 
-struct Signers {
-    hs: Hs256Key,
-    hs_other: Hs256Key,
-    rsa: RsaPrivateKey,
-    rsa_other: RsaPrivateKey,
-    ec: EsSigningKey,
-    ec_other: EsSigningKey,
-    ed: EdSigningKey,
-    ed_other: EdSigningKey,
-}
-
-fn signers() -> &'static Signers {
-    static S: OnceLock<Signers> = OnceLock::new();
-    S.get_or_init(|| Signers {
-        hs: Hs256Key::new(SECRET),
-        hs_other: Hs256Key::new(OTHER_SECRET),
-        rsa: RsaPrivateKey::try_from(&private_jwk("rsa")).expect("rsa"),
-        rsa_other: RsaPrivateKey::try_from(&private_jwk("rsa_other")).expect("rsa_other"),
-        ec: EsSigningKey::try_from(&private_jwk("ec")).expect("ec"),
-        ec_other: EsSigningKey::try_from(&private_jwk("ec_other")).expect("ec_other"),
-        ed: EdSigningKey::try_from(&private_jwk("ed")).expect("ed"),
-        ed_other: EdSigningKey::try_from(&private_jwk("ed_other")).expect("ed_other"),
-    })
-}
-
-/// The accepted algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Alg {
-    Hs256,
-    Rs256,
-    Es256,
-    EdDsa,
-}
-
-const ALGS: [Alg; 4] = [Alg::Hs256, Alg::Rs256, Alg::Es256, Alg::EdDsa];
-const ASYMMETRIC: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
-
+// Key rotation is only exercised here, so its key ids stay beside its vectors.
 impl Alg {
-    fn name(self) -> &'static str {
-        match self {
-            Alg::Hs256 => "HS256",
-            Alg::Rs256 => "RS256",
-            Alg::Es256 => "ES256",
-            Alg::EdDsa => "EdDSA",
-        }
-    }
-
-    /// The `kid` of this algorithm's key in the default `JWT_PUBLIC_KEYS`.
-    fn kid(self) -> Option<&'static str> {
-        match self {
-            Alg::Hs256 => None,
-            Alg::Rs256 => Some("rsa-1"),
-            Alg::Es256 => Some("ec-1"),
-            Alg::EdDsa => Some("ed-1"),
-        }
-    }
-
     /// The `kid` under which the "other" key of this type is published, in
     /// [`rotation_keys`].
     fn other_kid(self) -> &'static str {
@@ -106,25 +44,6 @@ impl Alg {
             Alg::EdDsa => "ed-2",
         }
     }
-}
-
-/// Which signing key of an algorithm to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
-    /// The configured one (`JWT_SECRET` / the default `JWT_PUBLIC_KEYS` entry).
-    Main,
-    /// Another key of the same type, not in the default configuration.
-    Other,
-}
-
-/// The default `JWT_PUBLIC_KEYS`: one key per asymmetric algorithm, each with a `kid`.
-fn default_keys() -> String {
-    json!({"keys": [
-        public_jwk("rsa", "rsa-1"),
-        public_jwk("ec", "ec-1"),
-        public_jwk("ed", "ed-1"),
-    ]})
-    .to_string()
 }
 
 /// `JWT_PUBLIC_KEYS` with two keys of every type, as during a key rotation.
@@ -138,77 +57,6 @@ fn rotation_keys() -> String {
         public_jwk("ed_other", "ed-2"),
     ]})
     .to_string()
-}
-
-/// Builds a configuration from `JWT_SECRET` = [`SECRET`] and the default keys, with
-/// `overrides` applied on top (an empty value unsets a variable, as in `Config`).
-fn config(overrides: &[(&str, &str)]) -> roomcast::error::Result<Config> {
-    let mut vars: HashMap<String, String> = HashMap::new();
-    vars.insert("JWT_SECRET".into(), SECRET.into());
-    vars.insert("JWT_PUBLIC_KEYS".into(), default_keys());
-    for (k, v) in overrides {
-        vars.insert((*k).into(), (*v).into());
-    }
-    Config::from_lookup(&move |name: &str| vars.get(name).cloned())
-}
-
-fn verifier(overrides: &[(&str, &str)]) -> Verifier {
-    let config = config(overrides).expect("valid test configuration");
-    match Verifier::new(&config) {
-        Ok(v) => v,
-        Err(e) => panic!("test configuration rejected: {e:?}"),
-    }
-}
-
-fn default_verifier() -> &'static Verifier {
-    static V: OnceLock<Verifier> = OnceLock::new();
-    V.get_or_init(|| verifier(&[]))
-}
-
-/// Signs `claims` with the given algorithm and key through `AlgorithmExt::token`.
-fn mint_with(alg: Alg, key: Key, kid: Option<&str>, claims_json: &Value) -> String {
-    let s = signers();
-    let header = match kid {
-        Some(kid) => Header::empty().with_key_id(kid),
-        None => Header::empty(),
-    };
-    let c = claims(claims_json);
-    let other = key == Key::Other;
-    let token = match alg {
-        Alg::Hs256 => Hs256.token(&header, &c, if other { &s.hs_other } else { &s.hs }),
-        Alg::Rs256 => Rsa::rs256().token(&header, &c, if other { &s.rsa_other } else { &s.rsa }),
-        Alg::Es256 => Es256.token(&header, &c, if other { &s.ec_other } else { &s.ec }),
-        Alg::EdDsa => Ed25519.token(&header, &c, if other { &s.ed_other } else { &s.ed }),
-    };
-    token.expect("signing a test token")
-}
-
-/// Signs `claims` with the configured key of `alg`, with its default `kid`.
-fn mint(alg: Alg, claims_json: &Value) -> String {
-    mint_with(alg, Key::Main, alg.kid(), claims_json)
-}
-
-/// Signs hand-written header and payload text verbatim with the configured key of `alg`,
-/// through `Algorithm::sign`.
-fn mint_raw(alg: Alg, header: &str, payload: &str) -> String {
-    let s = signers();
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-    let m = input.as_bytes();
-    let sig: Vec<u8> = match alg {
-        Alg::Hs256 => Hs256.sign(&s.hs, m).as_bytes().into_owned(),
-        Alg::Rs256 => Rsa::rs256().sign(&s.rsa, m).as_bytes().into_owned(),
-        Alg::Es256 => Es256.sign(&s.ec, m).as_bytes().into_owned(),
-        Alg::EdDsa => Ed25519.sign(&s.ed, m).as_bytes().into_owned(),
-    };
-    format!("{input}.{}", b64(&sig))
-}
-
-/// The header text jwt-compact would write for `alg` with its default `kid`.
-fn raw_header(alg: Alg) -> String {
-    match alg.kid() {
-        Some(kid) => json!({"alg": alg.name(), "kid": kid}).to_string(),
-        None => json!({"alg": alg.name()}).to_string(),
-    }
 }
 
 /// Minimal valid claims.
@@ -234,17 +82,6 @@ fn flip_char(s: &str, index: usize) -> String {
     let mut bytes = s.as_bytes().to_vec();
     bytes[index] = if bytes[index] == b'A' { b'B' } else { b'A' };
     String::from_utf8(bytes).expect("ascii")
-}
-
-fn segments(token: &str) -> (&str, &str, &str) {
-    let mut it = token.split('.');
-    let parts = (
-        it.next().expect("header"),
-        it.next().expect("payload"),
-        it.next().expect("signature"),
-    );
-    assert!(it.next().is_none(), "three segments");
-    parts
 }
 
 // ---------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@
 //! | `jwt_single_byte_mutation_rs256`        | same, one fixed RS256 token (RSA is slow in debug builds)      |    48 |
 //! | `jwt_replaced_segments`                 | header/payload = base64url(arbitrary JSON): no panic; spliced  |   512 |
 //! |                                         | under the old signature never verifies; re-signed, whatever    |       |
-//! |                                         | verifies satisfies the `Identity` invariants                   |       |
+//! |                                         | verifies satisfies the `Identity` invariants; unreplaced       |       |
+//! |                                         | segments verify to the original identity                       |       |
 //! | `sig_arbitrary_headers`                 | any / structured header: no panic, `Ok` only if it carries the |  1536 |
 //! |                                         | right signature for a `t` inside the window                    |       |
 //! | `sig_correct_then_single_byte_mutation` | a correct signature verifies (window inclusive at ±300 s); one |   768 |
@@ -46,24 +47,19 @@
 // proptest is a native-only dev-dependency; the wasm32 lint pass skips this file.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use jwt_compact::{
-    alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPrivateKey},
-    Algorithm, AlgorithmExt, AlgorithmSignature, Header,
-};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
+use proptest::strategy::Shuffle;
 use proptest::test_runner::FileFailurePersistence;
 mod common;
-use common::{b64, claims, private_jwk, public_jwk, NOW, SECRET};
+use common::{b64, default_verifier, mint, mint_raw, raw_header, segments, Alg, NOW};
 use roomcast::auth::{
-    sign, verify_signature, Identity, Verifier, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
+    sign, verify_signature, Identity, LEEWAY_SECS, MAX_INFO_BYTES, MAX_SUB_CHARS,
     SIGNATURE_WINDOW_SECS,
 };
-use roomcast::config::Config;
 use roomcast::error::Error;
 use roomcast::protocol::{
     parse_message, valid_id, valid_tenant, ClientFrame, Parsed, MAX_BATCH, MAX_EVENT_LEN,
@@ -290,6 +286,19 @@ fn rendered(s: BoxedStrategy<String>) -> BoxedStrategy<String> {
         .boxed()
 }
 
+/// An object's members in a random order: `extras` plus each named field that is present.
+fn shuffled_members<const N: usize>(
+    mut members: Vec<(String, J)>,
+    fields: [(&str, Option<J>); N],
+) -> Shuffle<Just<Vec<(String, J)>>> {
+    members.extend(
+        fields
+            .into_iter()
+            .filter_map(|(name, v)| Some((lit(name), v?))),
+    );
+    Just(members).prop_shuffle()
+}
+
 /// A frame-shaped object whose fields are each right, wrong, missing or duplicated.
 fn frame() -> BoxedStrategy<J> {
     let ty = prop_oneof![
@@ -324,19 +333,16 @@ fn frame() -> BoxedStrategy<J> {
         extras,
     )
         .prop_flat_map(|(ty, id, event, data, echo, extras)| {
-            let mut members = extras;
-            for (name, value) in [
-                ("type", ty),
-                ("id", id),
-                ("event", event),
-                ("data", data),
-                ("echo", echo),
-            ] {
-                if let Some(v) = value {
-                    members.push((lit(name), v));
-                }
-            }
-            Just(members).prop_shuffle()
+            shuffled_members(
+                extras,
+                [
+                    ("type", ty),
+                    ("id", id),
+                    ("event", event),
+                    ("data", data),
+                    ("echo", echo),
+                ],
+            )
         })
         .prop_map(J::Obj)
         .boxed()
@@ -595,98 +601,8 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
-// JWT: keys, configuration, minting (trimmed copies of tests/auth_vectors.rs helpers)
+// JWT (keys, configuration and minting are in tests/common)
 // ---------------------------------------------------------------------------------------
-
-type EsSigningKey = <Es256 as Algorithm>::SigningKey;
-type EdSigningKey = <Ed25519 as Algorithm>::SigningKey;
-
-struct Signers {
-    hs: Hs256Key,
-    rsa: RsaPrivateKey,
-    ec: EsSigningKey,
-    ed: EdSigningKey,
-}
-
-fn signers() -> &'static Signers {
-    static S: OnceLock<Signers> = OnceLock::new();
-    S.get_or_init(|| Signers {
-        hs: Hs256Key::new(SECRET),
-        rsa: RsaPrivateKey::try_from(&private_jwk("rsa")).expect("rsa"),
-        ec: EsSigningKey::try_from(&private_jwk("ec")).expect("ec"),
-        ed: EdSigningKey::try_from(&private_jwk("ed")).expect("ed"),
-    })
-}
-
-/// `JWT_SECRET` = [`SECRET`] and one public key per asymmetric algorithm.
-fn verifier() -> &'static Verifier {
-    static V: OnceLock<Verifier> = OnceLock::new();
-    V.get_or_init(|| {
-        let keys = json!({"keys": [
-            public_jwk("rsa", "rsa-1"),
-            public_jwk("ec", "ec-1"),
-            public_jwk("ed", "ed-1"),
-        ]})
-        .to_string();
-        let vars: HashMap<&str, String> = HashMap::from([
-            ("JWT_SECRET", SECRET.to_string()),
-            ("JWT_PUBLIC_KEYS", keys),
-        ]);
-        let config = Config::from_lookup(&|name: &str| vars.get(name).cloned())
-            .expect("valid test configuration");
-        Verifier::new(&config).unwrap_or_else(|e| panic!("test configuration rejected: {e:?}"))
-    })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Alg {
-    Hs256,
-    Rs256,
-    Es256,
-    EdDsa,
-}
-
-impl Alg {
-    fn kid(self) -> Option<&'static str> {
-        match self {
-            Alg::Hs256 => None,
-            Alg::Rs256 => Some("rsa-1"),
-            Alg::Es256 => Some("ec-1"),
-            Alg::EdDsa => Some("ed-1"),
-        }
-    }
-}
-
-/// Signs `claims_json` with the configured key of `alg` and its `kid`.
-fn mint(alg: Alg, claims_json: &Value) -> String {
-    let s = signers();
-    let header = match alg.kid() {
-        Some(kid) => Header::empty().with_key_id(kid),
-        None => Header::empty(),
-    };
-    let c = claims(claims_json);
-    let token = match alg {
-        Alg::Hs256 => Hs256.token(&header, &c, &s.hs),
-        Alg::Rs256 => Rsa::rs256().token(&header, &c, &s.rsa),
-        Alg::Es256 => Es256.token(&header, &c, &s.ec),
-        Alg::EdDsa => Ed25519.token(&header, &c, &s.ed),
-    };
-    token.expect("signing a test token")
-}
-
-/// Signs header and payload text verbatim with the configured key of `alg`.
-fn mint_raw(alg: Alg, header: &str, payload: &str) -> String {
-    let s = signers();
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-    let m = input.as_bytes();
-    let sig: Vec<u8> = match alg {
-        Alg::Hs256 => Hs256.sign(&s.hs, m).as_bytes().into_owned(),
-        Alg::Rs256 => Rsa::rs256().sign(&s.rsa, m).as_bytes().into_owned(),
-        Alg::Es256 => Es256.sign(&s.ec, m).as_bytes().into_owned(),
-        Alg::EdDsa => Ed25519.sign(&s.ed, m).as_bytes().into_owned(),
-    };
-    format!("{input}.{}", b64(&sig))
-}
 
 /// The invariants of every `Identity` the verifier hands out at [`NOW`].
 fn check_identity(id: &Identity) -> Result<(), TestCaseError> {
@@ -800,7 +716,7 @@ fn mutate_ascii(s: &str, m: &Mutation) -> (usize, String) {
 fn check_mutation(token: &str, original: &Identity, m: &Mutation) -> Result<(), TestCaseError> {
     let (at, mutated) = mutate_ascii(token, m);
     prop_assert_ne!(&mutated, token);
-    if let Ok(id) = verifier().verify(&mutated, NOW) {
+    if let Ok(id) = default_verifier().verify(&mutated, NOW) {
         let sig_start = token.rfind('.').expect("three segments") + 1;
         prop_assert!(
             at >= sig_start,
@@ -809,6 +725,15 @@ fn check_mutation(token: &str, original: &Identity, m: &Mutation) -> Result<(), 
         prop_assert_eq!(&id, original, "mutated token accepted with other claims");
     }
     Ok(())
+}
+
+/// Mints `c` with `alg`, checks that the fresh token verifies, then [`check_mutation`].
+fn check_fresh_mutation(alg: Alg, c: &Value, m: &Mutation) -> Result<(), TestCaseError> {
+    let token = mint(alg, c);
+    let original = default_verifier()
+        .verify(&token, NOW)
+        .map_err(|e| TestCaseError::fail(format!("fresh {alg:?} token rejected: {e:?}")))?;
+    check_mutation(&token, &original, m)
 }
 
 /// Edge timestamps: near [`NOW`], chrono's range ends, i64 ends, floats.
@@ -883,23 +808,20 @@ fn crafted_payload() -> BoxedStrategy<String> {
     let object = fields
         .prop_flat_map(
             |(sub, exp, nbf, iat, tenant, rooms, info, aud, scope, extras)| {
-                let mut members = extras;
-                for (name, value) in [
-                    ("sub", sub),
-                    ("exp", exp),
-                    ("nbf", nbf),
-                    ("iat", iat),
-                    ("tenant", tenant),
-                    ("rooms", rooms),
-                    ("info", info),
-                    ("aud", aud),
-                    ("scope", scope),
-                ] {
-                    if let Some(v) = value {
-                        members.push((lit(name), v));
-                    }
-                }
-                Just(members).prop_shuffle()
+                shuffled_members(
+                    extras,
+                    [
+                        ("sub", sub),
+                        ("exp", exp),
+                        ("nbf", nbf),
+                        ("iat", iat),
+                        ("tenant", tenant),
+                        ("rooms", rooms),
+                        ("info", info),
+                        ("aud", aud),
+                        ("scope", scope),
+                    ],
+                )
             },
         )
         .prop_map(J::Obj);
@@ -966,16 +888,7 @@ fn crafted_header() -> BoxedStrategy<String> {
         prop::option::weighted(0.6, kid),
         extras,
     )
-        .prop_flat_map(|(alg, kid, extras)| {
-            let mut members = extras;
-            if let Some(a) = alg {
-                members.push((lit("alg"), a));
-            }
-            if let Some(k) = kid {
-                members.push((lit("kid"), k));
-            }
-            Just(members).prop_shuffle()
-        })
+        .prop_flat_map(|(alg, kid, extras)| shuffled_members(extras, [("alg", alg), ("kid", kid)]))
         .prop_map(J::Obj);
     (prop_oneof![8 => object, 1 => json()], whitespace())
         .prop_map(|(j, ws)| j.text(ws))
@@ -1008,7 +921,7 @@ proptest! {
             .prop_map(|(h, p, s)| format!("{}.{p}.{s}", b64(h.as_bytes()))),
         1 => (any::<char>(), 8_000usize..8_400).prop_map(|(c, n)| c.to_string().repeat(n)),
     ]) {
-        let result = verifier().verify(&token, NOW);
+        let result = default_verifier().verify(&token, NOW);
         prop_assert!(result.is_err(), "arbitrary string verified: {result:?}");
     }
 }
@@ -1018,9 +931,7 @@ proptest! {
 
     #[test]
     fn jwt_single_byte_mutation_hs256(c in good_claims(), m in mutation()) {
-        let token = mint(Alg::Hs256, &c);
-        let original = verifier().verify(&token, NOW).expect("fresh HS256 token verifies");
-        check_mutation(&token, &original, &m)?;
+        check_fresh_mutation(Alg::Hs256, &c, &m)?;
     }
 }
 
@@ -1029,9 +940,7 @@ proptest! {
 
     #[test]
     fn jwt_single_byte_mutation_es256(c in good_claims(), m in mutation()) {
-        let token = mint(Alg::Es256, &c);
-        let original = verifier().verify(&token, NOW).expect("fresh ES256 token verifies");
-        check_mutation(&token, &original, &m)?;
+        check_fresh_mutation(Alg::Es256, &c, &m)?;
     }
 }
 
@@ -1040,9 +949,7 @@ proptest! {
 
     #[test]
     fn jwt_single_byte_mutation_eddsa(c in good_claims(), m in mutation()) {
-        let token = mint(Alg::EdDsa, &c);
-        let original = verifier().verify(&token, NOW).expect("fresh EdDSA token verifies");
-        check_mutation(&token, &original, &m)?;
+        check_fresh_mutation(Alg::EdDsa, &c, &m)?;
     }
 }
 
@@ -1055,7 +962,7 @@ fn rs256_token() -> &'static (String, Identity) {
             "tenant": "acme", "rooms": {"doc-*": ["read", "write"]}, "info": {"name": "A"},
         });
         let token = mint(Alg::Rs256, &c);
-        let id = verifier()
+        let id = default_verifier()
             .verify(&token, NOW)
             .expect("fresh RS256 token verifies");
         (token, id)
@@ -1077,7 +984,9 @@ proptest! {
 
     /// Header and/or payload replaced by base64url of arbitrary JSON. With the original
     /// signature the token must be rejected; re-signed (HS256 mostly, ES256 and EdDSA
-    /// sometimes), whatever verifies must satisfy the `Identity` invariants.
+    /// sometimes), whatever verifies must satisfy the `Identity` invariants. Where nothing
+    /// was replaced, both the original and the re-signed token verify to the original
+    /// identity, so a verifier that rejected everything would fail here.
     #[test]
     fn jwt_replaced_segments(
         base in good_claims(),
@@ -1086,27 +995,26 @@ proptest! {
         signer in prop_oneof![6 => Just(Alg::Hs256), 1 => Just(Alg::Es256), 1 => Just(Alg::EdDsa)],
     ) {
         let token = mint(Alg::Hs256, &base);
-        let mut parts = token.split('.');
-        let (h, p, s) = (
-            parts.next().expect("header"),
-            parts.next().expect("payload"),
-            parts.next().expect("signature"),
-        );
+        let original = default_verifier().verify(&token, NOW).expect("fresh HS256 token verifies");
+        let (h, p, s) = segments(&token);
         let new_h = header.as_deref().map_or_else(|| h.to_string(), |t| b64(t.as_bytes()));
         let new_p = payload.as_deref().map_or_else(|| p.to_string(), |t| b64(t.as_bytes()));
         let spliced = format!("{new_h}.{new_p}.{s}");
-        let result = verifier().verify(&spliced, NOW);
-        if spliced != token {
+        let result = default_verifier().verify(&spliced, NOW);
+        if spliced == token {
+            prop_assert_eq!(result, Ok(original.clone()));
+        } else {
             prop_assert!(result.is_err(), "spliced token verified: {result:?}");
         }
 
-        let header_text = header.unwrap_or_else(|| match signer.kid() {
-            Some(kid) => json!({"alg": if signer == Alg::Es256 { "ES256" } else { "EdDSA" }, "kid": kid}).to_string(),
-            None => json!({"alg": "HS256"}).to_string(),
-        });
+        let unchanged = header.is_none() && payload.is_none();
+        let header_text = header.unwrap_or_else(|| raw_header(signer));
         let payload_text = payload.unwrap_or_else(|| base.to_string());
         let resigned = mint_raw(signer, &header_text, &payload_text);
-        if let Ok(id) = verifier().verify(&resigned, NOW) {
+        let result = default_verifier().verify(&resigned, NOW);
+        if unchanged {
+            prop_assert_eq!(result, Ok(original), "re-signed original claims");
+        } else if let Ok(id) = result {
             check_identity(&id)?;
         }
     }
@@ -1366,20 +1274,20 @@ fn regression_nbf_at_chrono_minimum() {
     for nbf in [min, min + LEEWAY_SECS - 1, min + LEEWAY_SECS] {
         let payload = json!({"sub": "a", "exp": NOW + 60, "nbf": nbf}).to_string();
         let token = mint_raw(Alg::Hs256, r#"{"alg":"HS256"}"#, &payload);
-        let id = verifier().verify(&token, NOW);
+        let id = default_verifier().verify(&token, NOW);
         assert!(id.is_ok(), "nbf={nbf}: {id:?}");
     }
     // An nbf past the leeway is still rejected.
     let payload = json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + LEEWAY_SECS + 1}).to_string();
     let token = mint_raw(Alg::Hs256, r#"{"alg":"HS256"}"#, &payload);
-    let err = verifier()
+    let err = default_verifier()
         .verify(&token, NOW)
         .expect_err("nbf in the future");
     assert!(err.to_string().contains("not valid yet"), "{err}");
     let payload = json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + LEEWAY_SECS}).to_string();
     let token = mint_raw(Alg::Hs256, r#"{"alg":"HS256"}"#, &payload);
     assert!(
-        verifier().verify(&token, NOW).is_ok(),
+        default_verifier().verify(&token, NOW).is_ok(),
         "nbf at the leeway edge"
     );
 }

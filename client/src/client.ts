@@ -5,6 +5,9 @@
 //   reports what it cannot recover as `resync`.
 // * Outbox: every publish keeps one id until the server answers it; unanswered ones are
 //   sent again after a reconnect, and the server's dedup makes that exactly-once.
+// * Signals (ephemeral messages): sent at once or dropped, never queued.
+// * Refusals: an `error` frame before `welcome` says why the server refused the socket.
+// * Receipts: when the server asks, tells it how many messages this client has read.
 
 import { Emitter } from "./emitter.js";
 import {
@@ -12,15 +15,18 @@ import {
   RETRYABLE_PUBLISH_ERRORS,
   RoomcastError,
   backoffDelay,
-  closePolicy,
-  handshakePolicy,
+  endPolicy,
   randomId,
+  receiptDue,
+  REFUSAL_CLOSE_CODES,
   utf8Length,
   type CloseAction,
 } from "./policy.js";
 import type {
   AckFrame,
   ConnectionState,
+  EphemeralAckFrame,
+  EphemeralMessageFrame,
   ErrorFrame,
   MessageFrame,
   PresenceEvent,
@@ -29,7 +35,9 @@ import type {
   PublishOptions,
   PublishResult,
   ResyncEvent,
+  RoomMessage,
   RoomcastOptions,
+  SignalOptions,
   StateDetail,
   Timers,
   TokenContext,
@@ -41,8 +49,11 @@ import type {
 } from "./types.js";
 
 export interface RoomcastEvents {
-  /** A message, each `seq` at most once and in order. */
-  message: (message: MessageFrame) => void;
+  /**
+   * A message: durable ones each `seq` at most once and in order; ephemeral ones
+   * (`ephemeral: true`, no `seq`) as they come.
+   */
+  message: (message: RoomMessage) => void;
   /** Presence snapshot on every (re)connect, then joins and leaves. */
   presence: (event: PresenceEvent) => void;
   /** Connection state changes, and every scheduled retry. */
@@ -58,6 +69,12 @@ export interface RoomcastEvents {
 const OPEN = 1;
 const SUBPROTOCOL = "roomcast.v1";
 const MAX_REMEMBERED_CONNS = 64;
+/**
+ * Signals sent and not yet answered that a connection keeps track of. Every signal is
+ * answered (ack or error) in send order, so this is only reached when a server stops
+ * answering; the oldest are then forgotten rather than held without bound.
+ */
+const MAX_UNANSWERED_SIGNALS = 1000;
 
 interface Waiter {
   resolve: (r: PublishResult) => void;
@@ -73,14 +90,34 @@ interface Entry {
   waiters: Waiter[];
   /** `internal` errors so far. */
   failures: number;
+  /** Its position among the current connection's sends (see `Conn.sends`). */
+  sentAt: number;
 }
 
 interface Conn {
   ws: WebSocketLike;
   welcomed: boolean;
   id?: string;
+  /** The reason this attempt's token was asked for with. */
+  tokenReason: TokenContext["reason"];
+  /** An `error` frame that came before `welcome`: why the server refused this socket. */
+  refusal?: { code: string; message: string };
   /** Publishes sent on this connection and not yet answered, in send order. */
   inflight: Entry[];
+  /**
+   * Publishes and signals sent on this connection so far. The server answers them in send
+   * order, so an answer without an id belongs to the oldest unanswered one of either kind.
+   */
+  sends: number;
+  /** Signals sent on this connection and not yet answered, oldest first. */
+  signals: { id: string; sentAt: number }[];
+  /** Whether the server asked for `received` receipts (`welcome.receipts`). */
+  receipts: boolean;
+  /** WebSocket messages received on this connection (`pong` excluded). */
+  received: number;
+  /** `received` and characters received since then, as of the last receipt. */
+  receivedAtReceipt: number;
+  charsSinceReceipt: number;
   connectTimer?: unknown;
   pingTimer?: unknown;
   pongTimer?: unknown;
@@ -114,6 +151,9 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   private readonly timers: Timers;
   private readonly random: () => number;
   private readonly generateId: () => string;
+  /** Makes signal ids unique to this client (a room dedups durable ids, see `signal`). */
+  private readonly signalPrefix = randomId().slice(0, 8);
+  private signalCount = 0;
 
   private _state: ConnectionState = "connecting";
   private stopped = false;
@@ -254,9 +294,58 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       return Promise.reject(new RoomcastError("too_large", `publish frame is ${bytes} bytes; the limit is ${this.maxMessageBytes}`, { id }));
     }
     return new Promise((resolve, reject) => {
-      this.outbox.set(id, { id, frame, echo, status: "queued", waiters: [{ resolve, reject }], failures: 0 });
+      this.outbox.set(id, { id, frame, echo, status: "queued", waiters: [{ resolve, reject }], failures: 0, sentAt: 0 });
       this.pump();
     });
+  }
+
+  /**
+   * Sends an ephemeral message (contract v1.1 §B): fanned out to the room like a publish,
+   * but never stored, sequenced or replayed — for cursors, typing indicators and anything
+   * else that is worthless a second later. Fire-and-forget: it goes out now or not at all.
+   * Returns `true` if it was sent, `false` if it was dropped because the connection is not
+   * open (or sending is paused after `rate_limited`); it is never queued.
+   *
+   * Signals count against the server's per-connection rate limit like publishes do, so
+   * throttle them (the demo sends cursors at most ~10 times a second).
+   *
+   * @throws RoomcastError `invalid_id` (bad event or key), `bad_data` (not JSON) or
+   * `too_large` (over `maxMessageBytes`): mistakes in the call, not conditions to wait out.
+   */
+  signal<T = unknown>(event: string, data?: T, options: SignalOptions = {}): boolean {
+    if (typeof event !== "string" || event.length < 1 || event.length > 64) {
+      throw new RoomcastError("invalid_id", "event must be a string of 1 to 64 characters");
+    }
+    const { key } = options;
+    if (key !== undefined && (typeof key !== "string" || key.length < 1 || key.length > 64)) {
+      throw new RoomcastError("invalid_id", "key must be a string of 1 to 64 characters");
+    }
+    // An id costs one small ack back to this client, and buys an exact answer to every
+    // signal: a refusal (rate_limited, forbidden) is never mistaken for a publish's, and a
+    // server without ephemeral messages stores it as a plain publish instead of counting
+    // an id-less frame as invalid (ten of which close the socket).
+    const id = `sig.${this.signalPrefix}.${++this.signalCount}`;
+    const echo = options.echo ?? this.echo;
+    let frame: string;
+    try {
+      frame = JSON.stringify({ type: "publish", ephemeral: true, id, event, data: data === undefined ? null : data, echo, ...(key !== undefined ? { key } : {}) });
+    } catch (err) {
+      throw new RoomcastError("bad_data", `data is not JSON-serialisable: ${String(err)}`, { cause: err });
+    }
+    const bytes = utf8Length(frame);
+    if (bytes > this.maxMessageBytes) {
+      throw new RoomcastError("too_large", `signal frame is ${bytes} bytes; the limit is ${this.maxMessageBytes}`);
+    }
+    const conn = this.conn;
+    if (this.stopped || !conn || !conn.welcomed || conn.ws.readyState !== OPEN || this.pauseTimer !== undefined) return false;
+    try {
+      conn.ws.send(frame);
+    } catch {
+      return false; // the socket is failing; its close event reconnects
+    }
+    conn.signals.push({ id, sentAt: ++conn.sends });
+    if (conn.signals.length > MAX_UNANSWERED_SIGNALS) conn.signals.shift();
+    return true;
   }
 
   /**
@@ -289,6 +378,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     }
     let token: string;
     let base: string;
+    const tokenReason = this.tokenReason;
     this.clearTimer(this.attemptTimer);
     this.attemptTimer = this.timers.setTimeout(() => {
       this.attemptTimer = undefined;
@@ -298,7 +388,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       this.scheduleRetry({ reason: "token provider timed out" });
     }, this.connectTimeoutMs);
     try {
-      const t = typeof this.token === "string" ? this.token : await this.token({ room: this.room, reason: this.tokenReason, attempt: this.attempt });
+      const t = typeof this.token === "string" ? this.token : await this.token({ room: this.room, reason: tokenReason, attempt: this.attempt });
       if (typeof t !== "string" || t.length === 0) throw new TypeError("the token provider returned no token");
       token = t;
       base = String(typeof this.url === "function" ? await this.url() : this.url);
@@ -322,7 +412,18 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       this.scheduleRetry({ reason: "WebSocket constructor failed" });
       return;
     }
-    const conn: Conn = { ws, welcomed: false, inflight: [] };
+    const conn: Conn = {
+      ws,
+      welcomed: false,
+      tokenReason,
+      inflight: [],
+      sends: 0,
+      signals: [],
+      receipts: false,
+      received: 0,
+      receivedAtReceipt: 0,
+      charsSinceReceipt: 0,
+    };
     this.conn = conn;
     ws.addEventListener("message", (ev: { data?: unknown }) => this.onData(conn, ev.data));
     ws.addEventListener("close", (ev: { code?: number; reason?: string }) => this.onLost(conn, ev.code ?? 1006, ev.reason || "closed"));
@@ -350,22 +451,38 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     return u.toString();
   }
 
-  /** The connection ended (close, error, timeout). Decides whether and when to retry. */
+  /**
+   * The connection ended (close, error, timeout, or a refusal frame). Decides whether and
+   * when to retry (`endPolicy`); a refusal's code and message become the error reported.
+   */
   private onLost(conn: Conn, code: number, reason: string, httpStatus?: number): void {
     if (this.conn !== conn) return;
     this.teardown(conn, reason);
     if (this.stopped) return;
-    const action: CloseAction = httpStatus !== undefined ? handshakePolicy(httpStatus) : closePolicy(code, false);
+    const refusal = conn.refusal;
+    const action: CloseAction = endPolicy({
+      code,
+      ...(httpStatus !== undefined ? { status: httpStatus } : {}),
+      welcomed: conn.welcomed,
+      refreshedToken: conn.tokenReason === "expired",
+      fixedToken: typeof this.token === "string",
+    });
     const what = httpStatus !== undefined ? `upgrade rejected with HTTP ${httpStatus}` : `closed with ${code}${reason ? ` (${reason})` : ""}`;
-    if (action === "stop" || (action === "refresh_token" && typeof this.token === "string")) {
-      const err = new RoomcastError(httpStatus !== undefined ? "handshake" : "close", `connection ${what}; not reconnecting`, {
-        fatal: true,
-        closeCode: code,
-        ...(httpStatus !== undefined ? { status: httpStatus } : {}),
-      });
+    const extra = { closeCode: code, ...(httpStatus !== undefined ? { status: httpStatus } : {}) };
+    if (action === "stop") {
+      // A token refused again (or one that cannot be refreshed) is reported as what it
+      // is, so the application can say so, not as a generic close.
+      const tokenRefused = code === 4001 || httpStatus === 401;
+      const err = refusal
+        ? new RoomcastError(refusal.code, refusal.message, { fatal: true, ...extra })
+        : new RoomcastError(tokenRefused ? "token_expired" : httpStatus !== undefined ? "handshake" : "close", `connection ${what}; not reconnecting`, {
+            fatal: true,
+            ...extra,
+          });
       this.stop(err, { code, reason }, undefined, undefined);
       return;
     }
+    if (refusal) this.emitError(new RoomcastError(refusal.code, refusal.message, extra));
     if (action === "refresh_token") this.tokenReason = "expired";
     else if (this.tokenReason !== "expired") this.tokenReason = "reconnect";
     this.scheduleRetry({ code, reason: httpStatus !== undefined ? what : reason });
@@ -431,6 +548,13 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       conn.pongTimer = undefined;
       return;
     }
+    conn.received++;
+    conn.charsSinceReceipt += data.length;
+    this.handleText(conn, data);
+    if (this.conn === conn) this.maybeSendReceipt(conn);
+  }
+
+  private handleText(conn: Conn, data: string): void {
     let parsed: unknown;
     try {
       parsed = JSON.parse(data);
@@ -443,18 +567,52 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       if (!frame || typeof frame !== "object") continue;
       const f = frame as { type?: unknown };
       if (f.type === "welcome") this.onWelcome(conn, frame as WelcomeFrame);
-      else if (!conn.welcomed) continue;
-      else if (f.type === "message") this.onMessage(frame as MessageFrame);
-      else if (f.type === "ack") this.onAck(conn, frame as AckFrame);
+      else if (!conn.welcomed) {
+        if (f.type === "error") this.onRefusal(conn, frame as ErrorFrame);
+      } else if (f.type === "message") this.onMessage(frame as MessageFrame | EphemeralMessageFrame);
+      else if (f.type === "ack") this.onAck(conn, frame as AckFrame | EphemeralAckFrame);
       else if (f.type === "error") this.onErrorFrame(conn, frame as ErrorFrame);
       else if (f.type === "presence") this.onPresence(frame as PresenceFrame);
       // Unknown types are ignored (forward compatibility).
     }
   }
 
+  /**
+   * An `error` frame before `welcome`: the server refused this socket and says why
+   * (docs/protocol.md §10); its close follows. For the codes of that table the client acts
+   * at once — a close event can trail its frame by seconds — and any other code is kept
+   * for when the close comes.
+   */
+  private onRefusal(conn: Conn, f: ErrorFrame): void {
+    if (conn.refusal) return;
+    const code = typeof f.code === "string" ? f.code : "refused";
+    conn.refusal = { code, message: typeof f.message === "string" ? f.message : code };
+    const closeCode = Object.prototype.hasOwnProperty.call(REFUSAL_CLOSE_CODES, code) ? REFUSAL_CLOSE_CODES[code] : undefined;
+    if (closeCode !== undefined) this.onLost(conn, closeCode, code);
+  }
+
+  /**
+   * Tells the server how many messages this client has read on this connection, once
+   * enough have arrived since the last receipt (contract v1.1 §C): the room cannot see
+   * what the runtime buffers for a socket, so this is how it tells a slow reader from a
+   * fast one. Only for servers that ask (`welcome.receipts`).
+   */
+  private maybeSendReceipt(conn: Conn): void {
+    if (!conn.receipts || !receiptDue(conn.received - conn.receivedAtReceipt, conn.charsSinceReceipt)) return;
+    if (conn.ws.readyState !== OPEN) return;
+    try {
+      conn.ws.send(JSON.stringify({ type: "received", messages: conn.received }));
+    } catch {
+      return; // the socket is failing; its close event follows
+    }
+    conn.receivedAtReceipt = conn.received;
+    conn.charsSinceReceipt = 0;
+  }
+
   private onWelcome(conn: Conn, w: WelcomeFrame): void {
     if (conn.welcomed) return;
     conn.welcomed = true;
+    conn.receipts = w.receipts === true;
     conn.id = w.conn;
     this.clearTimer(conn.connectTimer);
     this.myConns.push(w.conn);
@@ -502,7 +660,12 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     this.pump();
   }
 
-  private onMessage(m: MessageFrame): void {
+  private onMessage(m: MessageFrame | EphemeralMessageFrame): void {
+    if (m.ephemeral === true) {
+      // No seq: outside resume, de-duplication and gap detection altogether.
+      this.emit("message", m);
+      return;
+    }
     if (typeof m.seq !== "number" || m.seq <= this.lastSeq || this.ownSeqs.has(m.seq)) return; // seen
     const own = m.from !== null && m.from !== undefined && this.myConns.includes(m.from.conn);
     const entry = own ? this.outbox.get(m.id) : undefined;
@@ -524,7 +687,17 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     if (!own || (entry ? entry.echo : this.echo)) this.emit("message", m);
   }
 
-  private onAck(conn: Conn, a: AckFrame): void {
+  private onAck(conn: Conn, a: AckFrame | EphemeralAckFrame): void {
+    if (this.answerSignal(conn, a.id)) {
+      // A server without ephemeral messages stored the signal as a plain publish: account
+      // for its seq like any own publish, so the next message is not a "gap".
+      if (a.ephemeral !== true && !a.duplicate && typeof a.seq === "number" && a.seq > this.lastSeq) {
+        this.ownSeqs.add(a.seq);
+        this.advance();
+      }
+      return;
+    }
+    if (a.ephemeral === true) return;
     const entry = this.outbox.get(a.id);
     if (entry) this.unflight(conn, entry);
     if (this.window < this.maxInFlight) this.window++;
@@ -546,11 +719,25 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       this.onLost(conn, 4001, "token_expired");
       return;
     }
+    let signal = f.id ? this.answerSignal(conn, f.id) : false;
     let entry = f.id ? this.outbox.get(f.id) : undefined;
     if (!f.id && (f.code === "too_large" || f.code === "bad_frame")) {
       // Rejected before the server could read an id: answers come in send order, so it
-      // is the oldest unanswered publish on this connection.
-      entry = conn.inflight[0];
+      // is the oldest unanswered publish or signal on this connection.
+      const oldestSignal = conn.signals[0];
+      const oldestEntry = conn.inflight[0];
+      if (oldestSignal && (!oldestEntry || oldestSignal.sentAt < oldestEntry.sentAt)) {
+        signal = this.answerSignal(conn, oldestSignal.id);
+      } else entry = oldestEntry;
+    }
+    if (signal) {
+      // A signal is never retried. Sending more while rate limited would only add to the
+      // refusals the server closes a socket for (4008), so all sending pauses instead.
+      if (f.code === "rate_limited") {
+        const wait = typeof f.retry_after_ms === "number" && f.retry_after_ms >= 0 ? f.retry_after_ms : backoffDelay(0, this.baseMs, this.capMs, this.random);
+        this.pause(wait);
+      } else this.emitError(new RoomcastError(f.code, f.message ?? f.code, { ...(f.id ? { id: f.id } : {}) }));
+      return;
     }
     if (!entry) {
       this.emitError(new RoomcastError(f.code, f.message ?? f.code, { ...(f.id ? { id: f.id } : {}) }));
@@ -580,6 +767,14 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     this.emit("presence", { op: p.op, user: p.user, info: p.info });
   }
 
+  /** Forgets the signal `id` as answered; whether it was one of this connection's. */
+  private answerSignal(conn: Conn, id: string): boolean {
+    const i = conn.signals.findIndex((s) => s.id === id);
+    if (i < 0) return false;
+    conn.signals.splice(i, 1);
+    return true;
+  }
+
   /** Moves `lastSeq` over our own acknowledged seqs that are now contiguous. */
   private advance(): void {
     while (this.ownSeqs.delete(this.lastSeq + 1)) this.lastSeq++;
@@ -601,6 +796,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
         return; // the socket is failing; its close event re-queues and reconnects
       }
       entry.status = "inflight";
+      entry.sentAt = ++conn.sends;
       conn.inflight.push(entry);
     }
   }

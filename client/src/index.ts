@@ -5,7 +5,13 @@ export {
   backoffDelay,
   closePolicy,
   handshakePolicy,
+  endPolicy,
+  receiptDue,
+  REFUSAL_CLOSE_CODES,
+  RECEIPT_EVERY_CHARS,
+  RECEIPT_EVERY_MESSAGES,
   RETRYABLE_PUBLISH_ERRORS,
   type CloseAction,
+  type ConnectionEnd,
 } from "./policy.js";
 export type * from "./types.js";

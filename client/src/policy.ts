@@ -15,12 +15,16 @@ export function backoffDelay(attempt: number, baseMs = 500, capMs = 30_000, rand
 }
 
 /**
- * The close-code policy (docs/protocol.md §5):
+ * The close-code policy (docs/protocol.md §5, §10):
  *
- * * 4001 (token expired) → get a fresh token, reconnect;
- * * 1000 that we initiated, 1009 (too big), 4400–4999 → terminal;
+ * * 4001 (token expired or refused) → get a fresh token, reconnect (see `endPolicy` for
+ *   when that stops instead);
+ * * 1000 that we initiated, 1009 (too big), 4400–4999 → terminal; among them 4400
+ *   (protocol error, or a bad room name or request at upgrade) and 4403 (forbidden, or an
+ *   origin not allowed);
  * * everything else — 1001, 1005, 1006 (abnormal, no close frame), 1011, 1012–1014,
- *   4000–4399, an unsolicited 1000 — → reconnect with backoff.
+ *   4000–4399 (among them 4008 rate limited, 4009 too slow, 4029 too many connections),
+ *   an unsolicited 1000 — → reconnect with backoff.
  *
  * An unsolicited 1000 is retried rather than obeyed: the server never sends one on its own,
  * so it comes from an intermediary or a shutting-down runtime, and stopping would leave
@@ -38,11 +42,72 @@ export function closePolicy(code: number, initiatedByUs = false): CloseAction {
  * What an HTTP rejection of the upgrade means (§4), when the WebSocket implementation
  * exposes the status (`ws` does; browsers do not, and report only close code 1006):
  * 401 → fresh token; 400, 403, 404, 426 → terminal; 429 and 5xx → back off and retry.
+ * Servers with §10 answer the browser transport (which this client uses) with a socket
+ * and a close code instead, so this applies to older servers and to intermediaries.
  */
 export function handshakePolicy(status: number): CloseAction {
   if (status === 401) return "refresh_token";
   if (status === 400 || status === 403 || status === 404 || status === 426) return "stop";
   return "reconnect";
+}
+
+/** How a connection ended, as far as the policy cares. */
+export interface ConnectionEnd {
+  /** The close code (1006 when the socket never opened). */
+  code: number;
+  /** The HTTP status of a rejected upgrade, when the WebSocket implementation shows it. */
+  status?: number;
+  /** Whether this client asked for the close. */
+  initiatedByUs?: boolean;
+  /** Whether the connection got its `welcome` (a refusal never does). */
+  welcomed?: boolean;
+  /** Whether this attempt's token was asked for with reason `"expired"`. */
+  refreshedToken?: boolean;
+  /** Whether the token is a fixed string (so it cannot be refreshed). */
+  fixedToken?: boolean;
+}
+
+/**
+ * The whole decision after a connection ends: `closePolicy` (or `handshakePolicy` for an
+ * HTTP status), except that a token refresh happens once. When the server refuses a
+ * connection for its token (4001 or HTTP 401 before `welcome`) although that token was
+ * just asked for with reason `"expired"`, or when the token is a fixed string, the client
+ * stops instead of asking again: nothing loops on a token provider that cannot help.
+ */
+export function endPolicy(end: ConnectionEnd): CloseAction {
+  const action = end.status !== undefined ? handshakePolicy(end.status) : closePolicy(end.code, end.initiatedByUs ?? false);
+  if (action !== "refresh_token") return action;
+  if (end.fixedToken || (end.refreshedToken && !end.welcomed)) return "stop";
+  return action;
+}
+
+/**
+ * The close code that follows each `error` code with which a server refuses a browser
+ * upgrade (docs/protocol.md §10). An `error` frame before `welcome` with one of these
+ * codes is acted on at once, without waiting for the close that follows it.
+ */
+export const REFUSAL_CLOSE_CODES: Readonly<Record<string, number>> = Object.freeze({
+  missing_token: 4001,
+  invalid_token: 4001,
+  token_expired: 4001,
+  forbidden: 4403,
+  origin_not_allowed: 4403,
+  too_many_connections: 4029,
+  bad_room: 4400,
+  bad_request: 4400,
+});
+
+/** A receipt is sent once this many characters have been received since the last one. */
+export const RECEIPT_EVERY_CHARS = 128 * 1024;
+/** …or once this many WebSocket messages have been received since the last one. */
+export const RECEIPT_EVERY_MESSAGES = 256;
+
+/**
+ * Whether a `received` receipt is due (contract v1.1 §C), given the messages and
+ * characters received on this connection since the last receipt.
+ */
+export function receiptDue(messagesSince: number, charsSince: number): boolean {
+  return messagesSince >= RECEIPT_EVERY_MESSAGES || charsSince >= RECEIPT_EVERY_CHARS;
 }
 
 /** Publish error codes after which the publish is tried again instead of rejected. */
@@ -55,7 +120,9 @@ export const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
  * Every error the client reports: rejected publishes, the `error` event and the `closed`
  * state. `code` is the server's `error.code` or one of the client's own:
  * `closed`, `outbox_full`, `bad_data`, `token_provider`, `handshake`, `close`,
- * `bad_server_frame`, `listener`.
+ * `bad_server_frame`, `listener`. A connection the server refused with an `error` frame
+ * (docs/protocol.md §10) carries that frame's code and message (`token_expired`,
+ * `forbidden`, `too_many_connections`, …) and the close code.
  */
 export class RoomcastError extends Error {
   readonly code: string;

@@ -21,9 +21,15 @@ export interface WelcomeFrame {
   seq: number;
   resume: { requested: boolean; recovered: boolean; replayed: number };
   presence: { count: number; users: PresenceUser[] };
+  /**
+   * Set by servers that want `received` receipts from this client (contract v1.1 §C, slow
+   * consumers); the client sends them only then, since older servers would answer the
+   * frame with `unknown_type`.
+   */
+  receipts?: boolean;
 }
 
-/** A message fanned out by the room. */
+/** A durable message fanned out by the room: stored, sequenced, replayed on resume. */
 export interface MessageFrame<T = unknown> {
   type: "message";
   /** Per-room sequence: 1, 2, 3, … without gaps. */
@@ -36,13 +42,41 @@ export interface MessageFrame<T = unknown> {
   from: { user: string; conn: string } | null;
   /** Server time of acceptance, milliseconds since the epoch. */
   ts: number;
+  ephemeral?: false;
 }
+
+/**
+ * An ephemeral message (contract v1.1 §B, `signal`): fanned out, never stored, sequenced or
+ * replayed. It has no `seq`, so it never counts in resume or gap detection, and a socket
+ * that falls behind may get only the latest one per sender, event and key.
+ */
+export interface EphemeralMessageFrame<T = unknown> {
+  type: "message";
+  ephemeral: true;
+  /** Present only when the publisher gave one. */
+  id?: string;
+  event: string;
+  data: T;
+  from: { user: string; conn: string } | null;
+  ts: number;
+}
+
+/** What the `message` event delivers: durable messages, and ephemeral ones (`ephemeral: true`). */
+export type RoomMessage<T = unknown> = MessageFrame<T> | EphemeralMessageFrame<T>;
 
 export interface AckFrame {
   type: "ack";
   id: string;
   seq: number;
   duplicate: boolean;
+  ephemeral?: false;
+}
+
+/** The answer to an ephemeral publish that carried an id: no `seq`, no `duplicate`. */
+export interface EphemeralAckFrame {
+  type: "ack";
+  id: string;
+  ephemeral: true;
 }
 
 export interface ErrorFrame {
@@ -60,7 +94,7 @@ export interface PresenceFrame {
   info: unknown;
 }
 
-export type ServerFrame = WelcomeFrame | MessageFrame | AckFrame | ErrorFrame | PresenceFrame;
+export type ServerFrame = WelcomeFrame | MessageFrame | EphemeralMessageFrame | AckFrame | EphemeralAckFrame | ErrorFrame | PresenceFrame;
 
 /**
  * `connecting`: first attempt under way. `open`: `welcome` received, publishes flow.
@@ -130,12 +164,26 @@ export interface PublishOptions {
   echo?: boolean;
 }
 
+/** Options of `signal` (ephemeral messages). */
+export interface SignalOptions {
+  /**
+   * Conflation key, 1–64 characters. A room that is behind keeps only the latest signal per
+   * sender, event and key (e.g. one per shape being dragged); without a key, the latest per
+   * sender and event.
+   */
+  key?: string;
+  /** Whether this client also receives the signal (defaults to the client's `echo`). */
+  echo?: boolean;
+}
+
 /** Passed to a token provider on every connection attempt. */
 export interface TokenContext {
   room: string;
   /**
    * `connect`: first attempt; `reconnect`: after a connection loss; `expired`: the server
-   * said the token expired (close 4001 or HTTP 401): do not return a cached token.
+   * said the token expired or refused it (close 4001 or HTTP 401): do not return a cached
+   * token. If the token returned then is refused as well, the client stops with a fatal
+   * error instead of asking again.
    */
   reason: "connect" | "reconnect" | "expired";
   /** Consecutive failed attempts so far. */

@@ -634,3 +634,285 @@ test("frames before welcome and from an abandoned socket are ignored", async () 
   await clock.advance(250);
   assert.deepEqual(log.messages, []);
 });
+
+// ---- refusals a browser can see (docs/protocol.md §10) ---------------------------------
+
+test("a token refused at upgrade is refreshed once; refused again, the client stops with token_expired", async () => {
+  const { clock, WS, client, log, tokens } = setup();
+  await settle();
+  // Acted on at the error frame: the close that follows may trail it.
+  WS.last.refuse("token_expired", 4001, { message: "the token has expired; get a fresh one", close: false });
+  assert.equal(client.state, "reconnecting");
+  assert.equal(WS.last.terminated, true);
+  assert.deepEqual(log.errors.map((e) => [e.code, e.fatal, e.closeCode]), [["token_expired", false, 4001]]);
+  WS.last.serverClose(4001, "token_expired"); // the late close changes nothing
+  await clock.advance(delays(log).at(-1));
+  assert.equal(WS.instances.length, 2);
+  assert.deepEqual(tokens.map((t) => t.reason), ["connect", "expired"]);
+  WS.last.refuse("token_expired", 4001, { message: "the token has expired; get a fresh one" });
+  assert.equal(client.state, "closed");
+  const fatal = log.errors.at(-1);
+  assert.deepEqual([fatal.code, fatal.fatal, fatal.closeCode, fatal.message], ["token_expired", true, 4001, "the token has expired; get a fresh one"]);
+  assert.equal(log.details.at(-1).error, fatal);
+  await clock.advance(600_000);
+  assert.equal(WS.instances.length, 2, "no further attempts");
+  assert.equal(tokens.length, 2, "the provider was asked exactly twice");
+  assert.deepEqual(clock.pending(), []);
+});
+
+test("the second refusal's own code is reported (invalid_token), and a network failure in between does not reset the refresh", async () => {
+  const { clock, WS, client, log, tokens } = setup();
+  await settle();
+  WS.last.refuse("token_expired", 4001);
+  await clock.advance(delays(log).at(-1));
+  WS.last.fail("connect ECONNREFUSED"); // the refreshed token was never judged
+  await clock.advance(delays(log).at(-1));
+  assert.deepEqual(tokens.map((t) => t.reason), ["connect", "expired", "expired"]);
+  WS.last.refuse("invalid_token", 4001, { message: "bad signature" });
+  assert.equal(client.state, "closed");
+  assert.deepEqual([log.errors.at(-1).code, log.errors.at(-1).message, log.errors.at(-1).fatal], ["invalid_token", "bad signature", true]);
+});
+
+test("a refreshed token that was welcomed is refreshed again when it expires later", async () => {
+  const { clock, WS, client, log, tokens } = setup();
+  await settle();
+  WS.last.refuse("token_expired", 4001);
+  await clock.advance(delays(log).at(-1));
+  WS.last.accept();
+  WS.last.receive({ type: "error", code: "token_expired", message: "expired" });
+  WS.last.serverClose(4001);
+  assert.equal(client.state, "reconnecting");
+  await clock.advance(delays(log).at(-1));
+  assert.deepEqual(tokens.map((t) => t.reason), ["connect", "expired", "expired"]);
+  WS.last.accept();
+  assert.equal(client.state, "open");
+  assert.ok(log.errors.every((e) => !e.fatal));
+});
+
+test("HTTP 401 at upgrade (older servers, seen with ws) twice: the same single refresh, then token_expired", async () => {
+  const { clock, WS, client, log, tokens } = setup();
+  await settle();
+  WS.last.fail("Unexpected server response: 401");
+  await clock.advance(delays(log).at(-1));
+  WS.last.fail("Unexpected server response: 401");
+  assert.equal(client.state, "closed");
+  assert.deepEqual([log.errors.at(-1).code, log.errors.at(-1).status, log.errors.at(-1).fatal], ["token_expired", 401, true]);
+  assert.equal(tokens.length, 2);
+});
+
+test("4403 refusals (forbidden, origin_not_allowed) and 4400 (bad_room, bad_request) stop at once with the frame's code and message", async () => {
+  for (const [code, closeCode] of [["forbidden", 4403], ["origin_not_allowed", 4403], ["bad_room", 4400], ["bad_request", 4400]]) {
+    const { clock, WS, client, log, tokens } = setup();
+    const p = client.publish("chat", {});
+    await settle();
+    WS.last.refuse(code, closeCode, { message: `why: ${code}` });
+    assert.equal(client.state, "closed", code);
+    assert.equal(log.errors.length, 1);
+    assert.deepEqual([log.errors[0].code, log.errors[0].message, log.errors[0].fatal, log.errors[0].closeCode], [code, `why: ${code}`, true, closeCode]);
+    await assert.rejects(p, { code: "closed" });
+    await clock.advance(600_000);
+    assert.equal(WS.instances.length, 1, `one attempt for ${code}`);
+    assert.equal(tokens.length, 1);
+  }
+});
+
+test("4029 too_many_connections is reported and retried with backoff", async () => {
+  const { clock, WS, client, log } = setup({ random: () => 0.999999 });
+  await settle();
+  WS.last.refuse("too_many_connections", 4029, { message: "user has 10 sockets" });
+  assert.equal(client.state, "reconnecting");
+  assert.deepEqual(log.errors.map((e) => [e.code, e.message, e.fatal, e.closeCode]), [["too_many_connections", "user has 10 sockets", false, 4029]]);
+  WS.last.serverClose(4029); // ignored: already handled
+  await clock.advance(delays(log).at(-1));
+  WS.last.refuse("too_many_connections", 4029);
+  assert.deepEqual(delays(log), [499, 999], "backoff grows");
+  await clock.advance(999);
+  WS.last.accept();
+  assert.equal(client.state, "open");
+});
+
+test("an error frame before welcome with an unknown code waits for the close, and names the error", async () => {
+  const { clock, WS, client, log } = setup();
+  await settle();
+  WS.last.refuse("maintenance", 4400, { message: "down for maintenance", close: false });
+  assert.equal(client.state, "connecting", "not acted on by itself");
+  WS.last.serverClose(4400);
+  assert.equal(client.state, "closed");
+  assert.deepEqual([log.errors[0].code, log.errors[0].message, log.errors[0].closeCode], ["maintenance", "down for maintenance", 4400]);
+  const retry = setup();
+  await settle();
+  retry.WS.last.refuse("overloaded", 1013, { message: "try later" });
+  assert.equal(retry.client.state, "reconnecting");
+  assert.deepEqual(retry.log.errors.map((e) => [e.code, e.fatal]), [["overloaded", false]]);
+  void clock;
+});
+
+test("4009 (too slow) reconnects with backoff and resumes", async () => {
+  const { clock, WS, client, log } = setup();
+  await settle();
+  WS.last.accept({ seq: 7 });
+  WS.last.serverClose(4009, "too slow");
+  assert.equal(client.state, "reconnecting");
+  assert.equal(delays(log).at(-1), 250);
+  await clock.advance(250);
+  assert.equal(WS.last.url.search, "?since=7&epoch=e_1");
+});
+
+// ---- signals (ephemeral messages, contract v1.1 §B) ------------------------------------
+
+test("signal: sent at once as an ephemeral publish, never queued, dropped while not open", async () => {
+  const { clock, WS, client } = setup({ echo: true });
+  assert.equal(client.signal("cursor", { x: 1 }), false, "connecting: dropped");
+  await settle();
+  const s1 = WS.last.accept();
+  assert.deepEqual(s1.sent, [], "the dropped signal is not sent after welcome");
+  assert.equal(client.signal("cursor", { x: 0.5, y: 0.25 }), true);
+  assert.equal(client.signal("drag", null, { key: "shape-7", echo: false }), true);
+  assert.equal(client.signal("typing"), true);
+  const frames = s1.publishes();
+  assert.equal(frames.length, 3);
+  for (const f of frames) assert.match(f.id, /^sig\.[0-9a-f]{8}\.\d+$/);
+  assert.equal(new Set(frames.map((f) => f.id)).size, 3, "distinct ids");
+  assert.deepEqual(frames.map(({ id, ...f }) => f), [
+    { type: "publish", ephemeral: true, event: "cursor", data: { x: 0.5, y: 0.25 }, echo: true },
+    { type: "publish", ephemeral: true, event: "drag", data: null, echo: false, key: "shape-7" },
+    { type: "publish", ephemeral: true, event: "typing", data: null, echo: true },
+  ]);
+  assert.equal(client.pending, 0, "not in the outbox");
+  s1.serverClose(1006);
+  assert.equal(client.signal("cursor", {}), false, "reconnecting: dropped");
+  await clock.advance(250);
+  WS.last.accept({ resume: { requested: true, recovered: true, replayed: 0 } });
+  assert.deepEqual(WS.last.publishes(), [], "nothing re-sent after the reconnect");
+  client.close();
+  assert.equal(client.signal("cursor", {}), false, "closed: dropped");
+});
+
+test("signal: bad event, bad key, too large and non-JSON data throw", async () => {
+  const { WS, client } = setup({ maxMessageBytes: 200 });
+  await settle();
+  WS.last.accept();
+  assert.throws(() => client.signal(""), { code: "invalid_id" });
+  assert.throws(() => client.signal("x".repeat(65)), { code: "invalid_id" });
+  assert.throws(() => client.signal("cursor", {}, { key: "" }), { code: "invalid_id" });
+  assert.throws(() => client.signal("cursor", {}, { key: "k".repeat(65) }), { code: "invalid_id" });
+  assert.throws(() => client.signal("cursor", "é".repeat(100)), (e) => e instanceof RoomcastError && e.code === "too_large");
+  const loop = {};
+  loop.self = loop;
+  assert.throws(() => client.signal("cursor", loop), { code: "bad_data" });
+  assert.deepEqual(WS.last.sent, []);
+});
+
+test("incoming ephemeral messages are delivered as they come and never touch seq, de-dup or gap detection", async () => {
+  const { WS, client, log } = setup();
+  await settle();
+  const s = WS.last.accept({ seq: 10 });
+  const eph = (extra = {}) => ({ type: "message", ephemeral: true, event: "cursor", data: { x: 1 }, from: { user: "bob", conn: "c_bob" }, ts: 0, ...extra });
+  s.receive(eph());
+  s.receive([eph(), msg(11), eph({ id: "bob-1" })]);
+  s.receive(eph({ id: "bob-1" })); // the same id twice is delivered twice (no dedup)
+  s.message(12);
+  assert.deepEqual(log.messages.map((m) => (m.ephemeral ? `e${m.id ? `:${m.id}` : ""}` : m.seq)), ["e", "e", 11, "e:bob-1", "e:bob-1", 12]);
+  assert.deepEqual(log.resyncs, []);
+  assert.equal(client.seq, 12);
+});
+
+test("signal answers: an ephemeral ack settles nothing else; an id-less error goes to the older of signal and publish", async () => {
+  const { WS, client, log } = setup();
+  await settle();
+  const s = WS.last.accept();
+  client.signal("cursor", {});
+  const sigId = s.publishes()[0].id;
+  const p = client.publish("chat", "big", { id: "p1" });
+  // The server answers in send order: the first id-less error is the signal's…
+  s.receive({ type: "error", code: "too_large", message: "message is 70000 bytes" });
+  assert.equal(client.pending, 1, "the publish is still waiting");
+  assert.deepEqual(log.errors.map((e) => e.code), ["too_large"]);
+  // …the next is the publish's.
+  s.receive({ type: "error", code: "too_large", message: "message is 70000 bytes" });
+  await assert.rejects(p, { code: "too_large", id: "p1" });
+  client.signal("cursor", {});
+  const p2 = client.publish("chat", 2, { id: "p2" });
+  s.receive({ type: "ack", id: s.publishes().at(-2).id, ephemeral: true });
+  s.receive(ack("p2", 1));
+  assert.equal((await p2).seq, 1);
+  s.receive({ type: "ack", id: sigId, ephemeral: true }); // a stray answer changes nothing
+  s.message(2);
+  assert.deepEqual(log.resyncs, []);
+  assert.equal(client.seq, 2);
+});
+
+test("a signal answered rate_limited pauses all sending for retry_after_ms; signals meanwhile are dropped, publishes wait", async () => {
+  const { clock, WS, client, log } = setup();
+  await settle();
+  const s = WS.last.accept();
+  client.signal("cursor", { n: 1 });
+  s.receive({ type: "error", id: s.publishes()[0].id, code: "rate_limited", message: "slow down", retry_after_ms: 1000 });
+  assert.deepEqual(log.errors, [], "expected under load: not reported");
+  assert.equal(client.signal("cursor", { n: 2 }), false);
+  const p = client.publish("chat", {}, { id: "w1" });
+  assert.equal(s.publishes().length, 1, "nothing sent while paused");
+  await clock.advance(1000);
+  assert.deepEqual(s.publishes().map((f) => f.id).slice(1), ["w1"]);
+  assert.equal(client.signal("cursor", { n: 3 }), true);
+  s.receive(ack("w1", 1));
+  await p;
+});
+
+test("a server without ephemeral messages stores a signal as a publish: its seq is accounted, no gap", async () => {
+  const { WS, client, log } = setup();
+  await settle();
+  const s = WS.last.accept({ seq: 3 });
+  client.signal("cursor", {});
+  s.receive(ack(s.publishes()[0].id, 4));
+  s.message(5);
+  assert.deepEqual(log.resyncs, []);
+  assert.equal(client.seq, 5);
+});
+
+// ---- receipts (slow consumers, contract v1.1 §C) ---------------------------------------
+
+test("receipts: none unless welcome asks for them", async () => {
+  const { WS } = setup();
+  await settle();
+  const s = WS.last.accept({ seq: 0 });
+  for (let i = 1; i <= 600; i++) s.message(i);
+  s.receive("x".repeat(200_000));
+  assert.deepEqual(s.receipts(), []);
+});
+
+test("receipts: every 256 messages (welcome included, pong excluded), cumulative per connection", async () => {
+  const { clock, WS } = setup({ heartbeat: false });
+  await settle();
+  const s = WS.last.accept({ seq: 0, receipts: true }); // message 1
+  for (let i = 1; i <= 254; i++) s.message(i); // messages 2–255
+  s.receive("pong");
+  assert.deepEqual(s.receipts(), [], "pong is not counted");
+  s.receive([msg(255), msg(256)]); // message 256: an array is one message
+  assert.deepEqual(s.receipts(), [{ type: "received", messages: 256 }]);
+  for (let i = 257; i <= 511; i++) s.message(i); // messages 257–511
+  assert.equal(s.receipts().length, 1);
+  s.message(512); // message 512
+  assert.deepEqual(s.receipts().map((r) => r.messages), [256, 512]);
+  // A new connection counts from its own welcome.
+  s.serverClose(1006);
+  await clock.advance(250);
+  const s2 = WS.last.accept({ seq: 512, receipts: true, resume: { requested: true, recovered: true, replayed: 0 } });
+  for (let i = 513; i <= 767; i++) s2.message(i);
+  assert.deepEqual(s2.receipts(), [{ type: "received", messages: 256 }]);
+});
+
+test("receipts: at 128 KiB received since the last one, whichever comes first", async () => {
+  const { WS } = setup();
+  await settle();
+  const s = WS.last.accept({ seq: 0, receipts: true });
+  const big = (seq, chars) => msg(seq, { data: "x".repeat(chars) });
+  s.message(1, { data: "x".repeat(60 * 1024) });
+  assert.deepEqual(s.receipts(), []);
+  s.receive(big(2, 70 * 1024));
+  assert.deepEqual(s.receipts(), [{ type: "received", messages: 3 }]);
+  s.receive(big(3, 130 * 1024)); // one message over the bound: a receipt right after it
+  assert.deepEqual(s.receipts().map((r) => r.messages), [3, 4]);
+  s.message(4);
+  assert.equal(s.receipts().length, 2, "counting starts again from the receipt");
+});

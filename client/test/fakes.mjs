@@ -119,6 +119,18 @@ export function socketClass() {
       this.#dispatch("close", { code, reason, wasClean: code !== 1006 });
     }
 
+    /**
+     * The server refuses the socket the way docs/protocol.md §10 describes: accepts it,
+     * sends one `error` frame, then (unless `close` is false) closes with `closeCode`.
+     */
+    refuse(code, closeCode, { message = `refused: ${code}`, close = true } = {}) {
+      this.readyState = 1;
+      this.#dispatch("open", {});
+      this.receive({ type: "error", code, message });
+      if (close) this.serverClose(closeCode, code);
+      return this;
+    }
+
     /** A transport failure, the way `ws` reports one: `error`, then close 1006. */
     fail(message = "socket hang up") {
       this.readyState = 3;
@@ -126,9 +138,19 @@ export function socketClass() {
       this.#dispatch("close", { code: 1006, reason: "" });
     }
 
-    /** Publish frames sent so far (pings excluded). */
+    /** Publish frames (durable and ephemeral) sent so far. */
     publishes() {
+      return this.frames().filter((f) => f.type === "publish");
+    }
+
+    /** Every JSON frame sent so far (pings excluded), arrays flattened. */
+    frames() {
       return this.sent.filter((d) => d !== "ping").flatMap((d) => [].concat(JSON.parse(d)));
+    }
+
+    /** `received` receipts sent so far. */
+    receipts() {
+      return this.frames().filter((f) => f.type === "received");
     }
 
     pings() {
