@@ -121,6 +121,21 @@ impl Error {
         }
     }
 
+    /// The close code that carries this refusal of an upgrade to a browser, which cannot
+    /// see HTTP statuses (docs/protocol.md §10), or `None` for errors that keep their
+    /// HTTP answer (`upgrade_required`, `misconfigured`, `internal`, …).
+    pub fn browser_close_code(&self) -> Option<u16> {
+        match self {
+            Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired => {
+                Some(close::TOKEN_EXPIRED)
+            }
+            Error::Forbidden(_) | Error::OriginNotAllowed(_) => Some(close::FORBIDDEN),
+            Error::TooManyConnections(_) => Some(close::TOO_MANY_CONNECTIONS),
+            Error::BadRoom(_) | Error::BadRequest(_) => Some(close::PROTOCOL_ERROR),
+            _ => None,
+        }
+    }
+
     /// For `rate_limited`: how long the client should wait.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {

@@ -214,7 +214,7 @@ async fn connect(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Resp
         return answer;
     }
     match answer {
-        Err(e) => match browser_close_code(&e) {
+        Err(e) => match Error::browser_close_code(&e) {
             Some(code) => refuse_over_socket(req, &e, code),
             None => Err(e),
         },
@@ -222,26 +222,6 @@ async fn connect(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Resp
         // browser could not read either.
         Ok(resp) if resp.status_code() != 101 => relay_room_refusal(req, resp).await,
         Ok(resp) => Ok(resp),
-    }
-}
-
-/// Close code for `too_many_connections` delivered over a socket (docs/protocol.md §10).
-/// Kept here rather than in `error::close` until the error module takes the §10 codes.
-const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4029;
-
-/// The close code that carries a v1 §4 refusal to a browser (docs/protocol.md §10), or
-/// `None` for errors that keep their HTTP answer (`upgrade_required`, `misconfigured`,
-/// `internal`, …).
-fn browser_close_code(err: &Error) -> Option<u16> {
-    use crate::error::close;
-    match err {
-        Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired => {
-            Some(close::TOKEN_EXPIRED)
-        }
-        Error::Forbidden(_) | Error::OriginNotAllowed(_) => Some(close::FORBIDDEN),
-        Error::TooManyConnections(_) => Some(CLOSE_TOO_MANY_CONNECTIONS),
-        Error::BadRoom(_) | Error::BadRequest(_) => Some(close::PROTOCOL_ERROR),
-        _ => None,
     }
 }
 
@@ -283,7 +263,7 @@ async fn relay_room_refusal(req: &Request, mut resp: Response) -> Result<Respons
     let status = resp.status_code();
     let body = resp.bytes().await.map_err(internal)?;
     if let Some(err) = room_refusal(&body) {
-        if let Some(code) = browser_close_code(&err) {
+        if let Some(code) = Error::browser_close_code(&err) {
             return refuse_over_socket(req, &err, code);
         }
     }
@@ -756,7 +736,7 @@ mod tests {
             (Error::Internal("x".into()), None),
         ];
         for (err, code) in cases {
-            assert_eq!(browser_close_code(&err), code, "{err:?}");
+            assert_eq!(Error::browser_close_code(&err), code, "{err:?}");
         }
     }
 
