@@ -12,6 +12,8 @@
 //! to it. `JWT_PUBLIC_KEYS` configuration errors are pinned as `Error::Misconfigured`
 //! naming the variable.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
 use jwt_compact::{
     alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa},
     AlgorithmExt, Header, Renamed,

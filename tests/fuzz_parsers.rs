@@ -44,6 +44,9 @@
 //! token, then verifies the mutant). On top of these, every test first replays each seed
 //! saved in `proptest-regressions/fuzz_parsers.txt`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// tests: a panic is a failed test
+
 // proptest is a native-only dev-dependency; the wasm32 lint pass skips this file.
 #![cfg(not(target_arch = "wasm32"))]
 

@@ -10,6 +10,8 @@
 //! fields, `unknown_type`, `invalid_id`, `bad_frame` for non-JSON / non-objects, the empty
 //! array and more than `MAX_BATCH` frames.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
 use roomcast::error::Error;
 use roomcast::protocol::{
     error_frame, parse_message, ClientFrame, From, Parsed, Presence, PresenceOp, PresenceUser,

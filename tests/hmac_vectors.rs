@@ -13,6 +13,8 @@
 //! Every rejection is `Error::Unauthorized` (401, `unauthorized`) with a message saying
 //! which of "malformed", "stale" or "does not match" applies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
 use roomcast::auth::{sign, verify_signature, SIGNATURE_WINDOW_SECS};
 use roomcast::error::Error;
 

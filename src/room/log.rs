@@ -455,6 +455,7 @@ pub fn prune(sql: &dyn Sql, head: &Head, retention: Retention, now_ms: i64) -> R
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
+#[allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 pub(crate) mod tests {
     use super::*;
     use rusqlite::{types::ValueRef, Connection};

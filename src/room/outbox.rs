@@ -20,8 +20,7 @@ use std::collections::{HashMap, HashSet};
 
 /// Most frames in one coalesced message; a socket with more queued leaves them in several
 /// messages. Presence frames are ~60 bytes, so a join storm's batch fits in one message
-/// per socket; measured on a ramp to 5,000 sockets, 1,000 instead of 100 cut server CPU
-/// per handshake by ~15% and idle RSS per socket by ~10% (docs/performance.md).
+/// per socket; why 1,000 rather than 100 is measured in docs/performance.md (the ramp).
 pub const MAX_FRAMES_PER_MESSAGE: usize = 1000;
 
 /// Most bytes in one coalesced message, so that coalescing never makes a message much
