@@ -251,7 +251,7 @@ fn error_without_id_or_retry_after_omits_them() {
 fn error_frame_helper() {
     assert_eq!(
         error_frame(Some("s1"), &Error::UnknownType("subscribe".into())),
-        r#"{"type":"error","id":"s1","code":"unknown_type","message":"unknown frame type \"subscribe\"; the client may send only \"publish\""}"#
+        r#"{"type":"error","id":"s1","code":"unknown_type","message":"unknown frame type \"subscribe\"; the client may send \"publish\" and \"received\""}"#
     );
     assert_eq!(
         error_frame(None, &Error::BadFrame("empty frame array".into())),
@@ -377,10 +377,11 @@ fn golden_ephemeral_publish_and_receipt() {
         (None, "cursor", Some("pen"))
     );
     assert_eq!(p.data.get(), r#"{"x":1}"#);
-    // `"ephemeral":false` is an ordinary publish, which needs an id.
+    // `"ephemeral":false` is an ordinary publish, which needs an id (a missing field is a
+    // malformed frame, as in v1).
     let durable = one(r#"{"type":"publish","ephemeral":false,"event":"e"}"#);
     let (id, e) = frame_error(&durable);
-    assert_eq!((id, e.code()), (None, "invalid_id"));
+    assert_eq!((id, e.code()), (None, "bad_frame"));
     let odd = one(r#"{"type":"publish","ephemeral":"yes","id":"a","event":"e"}"#);
     assert_eq!(
         frame_error(&odd),
