@@ -693,34 +693,31 @@ fn a_slow_socket_loses_its_ephemeral_messages_before_it_is_closed() {
 }
 
 #[test]
-fn a_reader_without_receipts_is_estimated_to_drain_the_bound_per_second() {
+fn a_reader_without_receipts_is_estimated_to_drain_twice_the_bound_per_second() {
     let mut r = Fixture::new(Limits {
         max_pending_bytes: 10 * 1024,
         ..limits()
     });
     let publisher = r.connect("pub");
-    let plain = r.connect("plain"); // never sends `received`
-                                    // 10 KiB a second is what the estimate assumes it drains: never closed.
+    // This socket never sends `received`. 19 KiB a second is within the 20 KiB the
+    // estimate assumes it drains: never closed.
+    let plain = r.connect("plain");
     for i in 0..20 {
-        r.send(
-            publisher,
-            json!({"type":"publish","id":format!("a{i}"),"event":"e","data":kib(9)}),
-        );
+        let frame = json!({"type":"publish","id":format!("a{i}"),"event":"e","data":kib(19)});
+        r.send(publisher, frame);
         r.now += 1000;
     }
     assert_eq!(r.close_code(plain), None);
-    // A burst beyond 4× the bound within a second is not.
-    for i in 0..6 {
-        r.send(
-            publisher,
-            json!({"type":"publish","id":format!("b{i}"),"event":"e","data":kib(9)}),
-        );
+    // A burst beyond 8 × the bound within a second is not.
+    for i in 0..10 {
+        let frame = json!({"type":"publish","id":format!("b{i}"),"event":"e","data":kib(19)});
+        r.send(publisher, frame);
     }
     assert_eq!(r.close_code(plain), Some(4009));
     assert_eq!(
         r.seqs(plain).len(),
         24,
-        "20 paced + 4 of the burst (4 × 10 KiB)"
+        "20 paced + 4 of the burst (76 of 80 KiB)"
     );
 }
 

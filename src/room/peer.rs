@@ -101,8 +101,15 @@ fn checkpoint_bytes(limits: &Limits) -> u64 {
 const MAX_CHECKPOINTS: usize = 32;
 
 /// A socket that has never sent a `received` frame may hold this many times
-/// `MAX_PENDING_BYTES` by the estimate before it is closed (see [`Flow::pending`]).
-pub const UNCONFIRMED_SLACK: u64 = 4;
+/// `MAX_PENDING_BYTES` by the estimate before it is closed (see [`Flow`]).
+pub const UNCONFIRMED_SLACK: u64 = 8;
+
+/// How many times `MAX_PENDING_BYTES` per second a socket without receipts is assumed to
+/// read. The estimate cannot tell a slow reader from a fast one, so it errs towards
+/// keeping healthy clients: at the default bound, 2 MiB/s (16 Mbit/s) per socket, more
+/// than any room of ordinary traffic sends, so only a socket that stalls while the room
+/// pushes it megabytes is closed.
+pub const UNCONFIRMED_DRAIN: f64 = 2.0;
 
 /// How much of what the room sent a socket is still unread (docs/protocol.md §12).
 ///
@@ -111,7 +118,8 @@ pub const UNCONFIRMED_SLACK: u64 = 4;
 /// sent to it. So the room counts what it hands the runtime per socket and credits what
 /// the client says it has read (`{"type":"received","messages":N}`, sent by the SDK). A
 /// client that never sends one is estimated instead: it is assumed to drain
-/// `MAX_PENDING_BYTES` per second, and may hold [`UNCONFIRMED_SLACK`] times the bound.
+/// [`UNCONFIRMED_DRAIN`] times `MAX_PENDING_BYTES` per second, and may hold
+/// [`UNCONFIRMED_SLACK`] times the bound.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flow {
     /// WebSocket messages and bytes handed to the runtime on this connection.
@@ -168,7 +176,8 @@ impl Flow {
     /// The estimate for a client without receipts, drained to `now_ms`.
     fn drained(&self, limits: &Limits, now_ms: i64) -> f64 {
         let elapsed = (now_ms - self.estimate_at).max(0) as f64 / 1000.0;
-        (self.estimate - elapsed * limits.max_pending_bytes as f64).max(0.0)
+        let rate = UNCONFIRMED_DRAIN * limits.max_pending_bytes as f64;
+        (self.estimate - elapsed * rate).max(0.0)
     }
 
     /// Unread bytes as far as the room can tell.
@@ -242,16 +251,16 @@ mod tests {
     }
 
     #[test]
-    fn without_receipts_the_estimate_drains_at_the_bound_per_second() {
+    fn without_receipts_the_estimate_drains_twice_the_bound_per_second() {
         let l = limits(1000);
         let mut f = Flow::default();
-        f.sent(&l, 0, 1, 3000);
-        assert_eq!(f.pending(&l, 0), 3000);
-        assert_eq!(f.pending(&l, 1000), 2000);
+        f.sent(&l, 0, 1, 6000);
+        assert_eq!(f.pending(&l, 0), 6000);
+        assert_eq!(f.pending(&l, 1000), 4000);
         assert_eq!(f.pending(&l, 5000), 0);
-        assert_eq!(f.bound(&l), 4000);
-        assert!(f.fits(&l, 0, 1000));
-        assert!(!f.fits(&l, 0, 1001));
+        assert_eq!(f.bound(&l), 8000);
+        assert!(f.fits(&l, 0, 2000));
+        assert!(!f.fits(&l, 0, 2001));
     }
 
     #[test]
