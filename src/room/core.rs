@@ -476,9 +476,10 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// Sends everything queued: one WebSocket message per socket per batch, through
-    /// `send` (which returns false when the runtime refused the send). Sockets that do not
-    /// keep up lose their queued ephemeral messages first and are closed with 4009 when
-    /// the durable ones alone would exceed their bound (docs/protocol.md §12).
+    /// `send` (which returns false when the runtime refused the send). A socket for which
+    /// a batch would exceed its bound of unread data loses the batch's ephemeral messages;
+    /// one that already has more than its bound unread is closed with 4009 instead of sent
+    /// to (docs/protocol.md §12).
     pub fn flush(&mut self, now: i64, send: &mut dyn FnMut(&H, Out<'_>) -> bool) -> Vec<Effect<H>> {
         self.flush_due = None;
         let mut fx = Vec::new();
@@ -510,11 +511,16 @@ impl<H: Clone> RoomCore<H> {
                     continue;
                 }
                 if !peer.flow.fits(&limits, now, bytes) {
+                    // Beyond the bound with this batch: the ephemeral messages go first.
                     if let Some(durable) = batch.without_ephemeral(conn, peer.since, watches) {
                         payload = durable;
                         (msgs, bytes) = size(&payload);
                     }
-                    if !peer.flow.fits(&limits, now, bytes) {
+                    // Closed only once what it has already left unread is over the bound:
+                    // a socket that kept up takes one batch of any size, since a room
+                    // catching up after a stall sends healthy readers more than the bound
+                    // at once.
+                    if peer.flow.over(&limits, now) {
                         slow.push(peer.id.conn.clone());
                         continue;
                     }

@@ -645,8 +645,9 @@ fn a_reader_that_reports_its_reads_is_bounded_exactly() {
         "a reader that keeps up gets everything"
     );
     assert_eq!(r.close_code(reader), None);
-    // 64 KiB unread is the bound: the stalled socket got six 10 KiB messages, not the 7th.
-    assert_eq!(r.seqs(stalled), (1..=6).collect::<Vec<u64>>());
+    // 64 KiB unread is the bound: the stalled socket was sent messages while it had less
+    // unread (seven of 10 KiB), and closed at the next one.
+    assert_eq!(r.seqs(stalled), (1..=7).collect::<Vec<u64>>());
     assert_eq!(r.close_code(stalled), Some(4009));
     assert!(r.core.peer(&Fixture::conn(stalled)).is_none());
 }
@@ -680,16 +681,49 @@ fn a_slow_socket_loses_its_ephemeral_messages_before_it_is_closed() {
         .iter()
         .all(|m| m.get("ephemeral").is_none()));
     assert_eq!(r.close_code(slow), None);
+    // 13 KiB unread: still under the bound, so the next one is sent (17 KiB unread)…
     r.send(
         publisher,
         json!({"type":"publish","id":"d3","event":"e","data":kib(4)}),
     );
-    assert_eq!(
-        r.close_code(slow),
-        Some(4009),
-        "durable messages beyond the bound close it"
+    assert_eq!(r.close_code(slow), None);
+    // …and the one after that finds it over the bound: closed instead.
+    r.send(
+        publisher,
+        json!({"type":"publish","id":"d4","event":"e","data":kib(1)}),
     );
-    assert_eq!(r.seqs(slow), vec![1, 2]);
+    assert_eq!(r.close_code(slow), Some(4009), "over the bound: closed");
+    assert_eq!(r.seqs(slow), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_reader_that_keeps_up_takes_a_catch_up_batch_bigger_than_the_bound() {
+    let mut r = Fixture::new(Limits {
+        max_pending_bytes: 16 * 1024,
+        ..limits()
+    });
+    let publisher = r.connect("pub");
+    let reader = r.connect("reader");
+    r.send(reader, json!({"type":"received","messages":1}));
+    // A stalled room catches up: five 8 KiB messages queued before one flush.
+    let mut fx = Vec::new();
+    for i in 0..5 {
+        let frame = json!({"type":"publish","id":format!("c{i}"),"event":"e","data":kib(8)});
+        fx.extend(r.send_raw(publisher, &frame.to_string()));
+    }
+    r.apply(fx);
+    assert_eq!(r.seqs(reader), (1..=5).collect::<Vec<u64>>());
+    assert_eq!(
+        r.close_code(reader),
+        None,
+        "nothing was unread before the batch"
+    );
+    // It reads them and reports it: the next message is sent.
+    let n = r.messages.iter().filter(|(h, _)| *h == reader).count();
+    r.send(reader, json!({"type":"received","messages":n}));
+    r.publish(publisher, "after");
+    assert_eq!(r.seqs(reader).len(), 6);
+    assert_eq!(r.close_code(reader), None);
 }
 
 #[test]
@@ -716,8 +750,8 @@ fn a_reader_without_receipts_is_estimated_to_drain_twice_the_bound_per_second() 
     assert_eq!(r.close_code(plain), Some(4009));
     assert_eq!(
         r.seqs(plain).len(),
-        24,
-        "20 paced + 4 of the burst (76 of 80 KiB)"
+        25,
+        "20 paced + 5 of the burst (sent while under 80 KiB unread)"
     );
 }
 

@@ -198,6 +198,11 @@ impl Flow {
         }
     }
 
+    /// Whether the socket already has more unread than its bound: it is not reading.
+    pub fn over(&self, limits: &Limits, now_ms: i64) -> bool {
+        self.pending(limits, now_ms) > self.bound(limits)
+    }
+
     /// Whether sending `bytes` more now keeps the socket within its bound.
     pub fn fits(&self, limits: &Limits, now_ms: i64, bytes: u64) -> bool {
         self.pending(limits, now_ms).saturating_add(bytes) <= self.bound(limits)
