@@ -130,6 +130,12 @@ export function renderTable(doc) {
         }));
       }
       for (const kind of ["durable", "ephemeral"]) {
+        row(sec, `${kind}: server CPU µs / publish`, withScen("ephemeral", (s) => {
+          const x = find(s, kind);
+          return cell(fmt(x.cpu_us_per_publish), x.cpu_us_per_publish, x.ok);
+        }));
+      }
+      for (const kind of ["durable", "ephemeral"]) {
         row(sec, `${kind}: latency p50 / p99 / max ms`, withScen("ephemeral", (s) => {
           const x = find(s, kind);
           return cell(`${ms(x.latency?.p50_ms)} / ${ms(x.latency?.p99_ms)} / ${ms(x.latency?.max_ms)}`, x.latency?.p99_ms, x.ok);
@@ -226,7 +232,7 @@ export function renderTable(doc) {
     const rate = (v) => (v == null ? "–" : v.toFixed(2));
     row(sec, "RSS MiB/s once kernel buffers full: nobody / one paused", withScen("slow", (s) => cell(`${rate(s.rss.slope_control_mib_per_s)} / ${rate(s.rss.slope_paused_mib_per_s)}`, s.rss.slope_paused_mib_per_s)));
     row(sec, "  data rate to the paused reader, MiB/s", withScen("slow", (s) => cell(rate(s.rss.paused_data_rate_mib_per_s), s.rss.paused_data_rate_mib_per_s)));
-    row(sec, `server RSS ${p.afterSecs ?? 3} s after recovery, MiB`, withScen("slow", (s) => cell(mib(s.rss.after_kib), s.rss.after_kib / 1024)));
+    row(sec, `server RSS at resume → ${p.afterSecs ?? 3} s after recovery, MiB`, withScen("slow", (s) => cell(`${mib(s.rss.at_resume_kib)} → ${mib(s.rss.after_kib)}`, s.rss.after_kib / 1024)));
     row(sec, "other readers' latency p50 / p99 / max ms", withScen("slow", (s) => {
       const l = s.readers.latency;
       return cell(`${ms(l?.p50_ms)} / ${ms(l?.p99_ms)} / ${ms(l?.max_ms)}`, l?.p99_ms, s.readers.ok);
@@ -239,9 +245,21 @@ export function renderTable(doc) {
     row(sec, "paused socket closed by the server", withScen("slow", (s) => {
       const c = s.paused.first_close;
       if (!c) return cell("no", 0);
-      const when = s.paused.server_tcp_closed_after_pause_s ?? s.paused.room_dropped_after_pause_s;
+      // The room's own count says when it let go; the TCP connection ends only once the
+      // client has read up to the close frame (after the pause).
+      const dropped = s.paused.room_dropped_after_pause_s;
+      const tcp = s.paused.server_tcp_closed_after_pause_s;
       const how = c.code ?? (c.how.includes("reset") ? "reset, no close frame" : c.how);
-      return cell(`${how}, ${when == null ? "when ?" : `after ${secs(when)}`}`, c.code ?? null);
+      if (s.paused.closed_before_pause) return cell(`${how}, before the pause (at ${secs(c.at_s)} of the run)`, c.code ?? null, false);
+      const when = dropped != null ? `room let go by ${secs(dropped)}` : tcp != null ? `TCP closed at ${secs(tcp)}` : "when ?";
+      return cell(`${how}, ${when}`, c.code ?? null);
+    }));
+    row(sec, "other sockets closed by the server", withScen("slow", (s) => {
+      const o = s.readers.others_closed ?? [];
+      if (!o.length) return cell("none", 0);
+      const codes = [...new Set(o.map((x) => x.closes[0]?.code ?? x.closes[0]?.how))].join(", ");
+      const at = Math.min(...o.map((x) => x.closes[0]?.at_s ?? Infinity));
+      return cell(`${o.length} (${codes}) from ${secs(at)} ✗`, o.length, false);
     }));
     row(sec, "paused reader: gaps / duplicates", withScen("slow", (s) => {
       const q = s.paused;

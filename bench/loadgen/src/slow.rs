@@ -526,7 +526,9 @@ pub(crate) async fn scenario_slow(rig: Rc<Rig>, args: SlowArgs) -> Value {
     let paused_local = proc_addr(paused.local);
 
     // Samplers: the server's RSS and both ends of the paused reader's first connection
-    // every `sample_ms`; the room's own connection count every second.
+    // every `sample_ms`, and the room's own connection count as often. The room's count
+    // says when it gave up on the socket: its TCP end stays ESTABLISHED until the client
+    // reads up to the close frame, which workerd sends after what it already buffered.
     let stop = Rc::new(Cell::new(false));
     let samples: Rc<RefCell<Vec<Value>>> = Rc::default();
     let room_polls: Rc<RefCell<Vec<Value>>> = Rc::default();
@@ -562,7 +564,7 @@ pub(crate) async fn scenario_slow(rig: Rc<Rig>, args: SlowArgs) -> Value {
                 } else {
                     return; // the peer has no room API
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(sh.args.sample_ms)).await;
             }
         })
     };
@@ -759,18 +761,19 @@ pub(crate) async fn scenario_slow(rig: Rc<Rig>, args: SlowArgs) -> Value {
                 .map(|(_, r)| *r)
                 .max()
         };
-        // When the server gave up on the paused socket: its end of the TCP connection left
-        // ESTABLISHED, or the room stopped counting it.
+        // When the server let go of the paused socket: the room stopped counting it, and
+        // (later: after the client has read up to the close frame) its TCP end closed.
         let server_tcp_closed_at = samples.borrow().iter().find_map(|s| {
             let st = s["paused_server_tcp"]["state"].as_str();
             (s["t_s"].as_f64()? >= t_pause && st != Some("ESTABLISHED"))
                 .then(|| s["t_s"].as_f64())?
         });
         let total = (args.publishers + args.receivers + 1) as u64;
-        let room_dropped_at = room_polls.borrow().iter().find_map(|p| {
-            (p["t_s"].as_f64()? >= t_pause && p["connections"].as_u64()? < total)
-                .then(|| p["t_s"].as_f64())?
-        });
+        // The first poll that counted fewer sockets than the rig opened (whichever went).
+        let room_dropped_at = room_polls
+            .borrow()
+            .iter()
+            .find_map(|p| (p["connections"].as_u64()? < total).then(|| p["t_s"].as_f64())?);
         let data_mib = |n: u64| n as f64 * args.payload as f64 / (1024.0 * 1024.0);
         // RSS moves under this traffic even when nobody is paused (garbage, allocator
         // high-water marks), and while the kernel's socket buffers still take what the
@@ -864,6 +867,7 @@ pub(crate) async fn scenario_slow(rig: Rc<Rig>, args: SlowArgs) -> Value {
                 "closes": pt.closes,
                 "server_tcp_closed_after_pause_s": server_tcp_closed_at.map(|t| t - t_pause),
                 "room_dropped_after_pause_s": room_dropped_at.map(|t| t - t_pause),
+            "closed_before_pause": pt.closes.first().and_then(|c| c["at_s"].as_f64()).is_some_and(|t| t < t_pause),
                 "caught_up_in_place": in_place && !closed_first && recovered,
                 "reconnects": reconnects,
                 "recovered": recovered,
