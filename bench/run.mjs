@@ -34,7 +34,7 @@ const option = (name, fallback) => {
 };
 const mode = flag("--quick") ? "quick" : "full";
 const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
-const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "rooms", "http", "dedup", "interleaved"];
+const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "ephemeral", "rooms", "http", "dedup", "slow", "interleaved"];
 /** The load generator subcommand behind each scenario (the same as its name unless listed). */
 const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fanout" };
 /**
@@ -44,6 +44,13 @@ const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fan
  * this is the like-for-like memory comparison; `ramp` keeps the contract's default.
  */
 const QUERY = { "ramp-quiet": "presence=off" };
+/**
+ * Worker variables a scenario sets for the Rust room (on top of bench/peers/workerd.mjs's).
+ * `slow` keeps 4,000 messages of history so the paused reader's resume (v1 §6) is never
+ * refused for retention: at the default HISTORY_LIMIT (1,000) a reader that misses more
+ * than 12.5 s of 80 msg/s cannot resume whatever the room does about slow sockets.
+ */
+const BINDINGS = { slow: (p) => ({ HISTORY_LIMIT: String(p.historyLimit) }) };
 /**
  * `interleaved` is not run per peer like the others: it repeats the headline phase
  * (fan-out 1→1000, 100 B, at the plan's load) for the Rust room and the JS twin in
@@ -55,13 +62,17 @@ const INTERLEAVED_PEERS = ["rust", "js-twin"];
 const peers = option("--peers", ALL_PEERS.join(",")).split(",");
 const scenarios = option("--scenarios", ALL_SCENARIOS.join(",")).split(",");
 
-/** What each peer implements; a scenario a peer lacks is n/a for it. */
+/**
+ * What each peer implements; a scenario a peer lacks is n/a for it. `ephemeral`: contract
+ * v1.1 §B. `slow` (contract v1.1 §C) runs against the Rust room and the JS twin: the twin
+ * has no bound on what it holds for a slow socket, which is what the scenario shows.
+ */
 const FEATURES = {
-  rust: { http: true, dedup: true, presence: true, hibernation: true, path: "/v1/rooms/{room}/ws" },
-  "js-twin": { http: true, dedup: true, presence: false, hibernation: true, path: "/v1/rooms/{room}/ws" },
-  partyserver: { http: false, dedup: false, presence: false, hibernation: true, path: "/parties/chat/{room}" },
-  "node-ws": { http: true, dedup: false, presence: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
-  native: { http: false, dedup: false, presence: false, hibernation: false, path: "/v1/rooms/{room}/ws" },
+  rust: { http: true, dedup: true, presence: true, hibernation: true, ephemeral: true, slow: true, path: "/v1/rooms/{room}/ws" },
+  "js-twin": { http: true, dedup: true, presence: false, hibernation: true, ephemeral: false, slow: true, path: "/v1/rooms/{room}/ws" },
+  partyserver: { http: false, dedup: false, presence: false, hibernation: true, ephemeral: false, slow: false, path: "/parties/chat/{room}" },
+  "node-ws": { http: true, dedup: false, presence: false, hibernation: false, ephemeral: false, slow: false, path: "/v1/rooms/{room}/ws" },
+  native: { http: false, dedup: false, presence: false, hibernation: false, ephemeral: false, slow: false, path: "/v1/rooms/{room}/ws" },
 };
 
 /**
@@ -77,6 +88,8 @@ const PLAN = {
     ramp: { n: 2000, idle: 12, idleNoHibernation: 2 },
     fanout: { sizes: [10, 100, 1000], payloads: [100, 1024], dps: 20000, maxRate: 2000, duration: 3, warmup: 0.5 },
     overload: { sizes: [1000], payloads: [100, 1024], dps: 60000, maxRate: 2000, duration: 3, warmup: 0.5 },
+    ephemeral: { sizes: [10, 100, 1000], payload: 100, dps: 20000, maxRate: 2000, duration: 3, warmup: 0.5 },
+    slow: { publishers: 5, receivers: 3, rate: 80, payload: 16384, duration: 10, warmup: 1, historyLimit: 4000, afterSecs: 3 },
     rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 2, warmup: 0.5, payload: 100 },
     http: { sizes: [0, 100, 1000], concurrency: 8, duration: 2, warmup: 0.5, payload: 100 },
     dedup: { receivers: 10, rate: 500, ratios: [0, 0.5], duration: 2, warmup: 0.5, payload: 100 },
@@ -86,6 +99,8 @@ const PLAN = {
     ramp: { n: 5000, idle: 15, idleNoHibernation: 5 },
     fanout: { sizes: [10, 100, 1000, 5000], payloads: [100, 1024], dps: 20000, maxRate: 2000, duration: 10, warmup: 2 },
     overload: { sizes: [1000], payloads: [100, 1024], dps: 60000, maxRate: 2000, duration: 10, warmup: 2 },
+    ephemeral: { sizes: [10, 100, 1000, 5000], payload: 100, dps: 20000, maxRate: 2000, duration: 10, warmup: 2 },
+    slow: { publishers: 5, receivers: 3, rate: 80, payload: 16384, duration: 20, warmup: 2, historyLimit: 4000, afterSecs: 3 },
     rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 10, warmup: 2, payload: 100 },
     http: { sizes: [0, 100, 1000], concurrency: 8, duration: 10, warmup: 2, payload: 100 },
     dedup: { receivers: 10, rate: 500, ratios: [0, 0.5], duration: 10, warmup: 2, payload: 100 },
@@ -139,9 +154,10 @@ function firstLine(child, ms, what) {
   });
 }
 
-async function startPeer(name) {
+async function startPeer(name, bindings) {
   const env = {
     ...process.env,
+    ...(bindings ? { BENCH_BINDINGS: JSON.stringify(bindings) } : {}),
     BENCH_JWT_SECRET: JWT_SECRET,
     BENCH_API_SECRET: API_SECRET,
     BENCH_WORKER_DIR: WORKER_DIR,
@@ -251,13 +267,31 @@ function scenarioArgs(name, peer) {
       return ["--sizes", p.n, "--payloads", p.payload, "--deliveries-per-sec", p.dps, "--duration", p.duration, "--warmup", p.warmup];
     case "dedup":
       return ["--receivers", p.receivers, "--rate", p.rate, "--ratios", p.ratios.join(","), "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
+    case "ephemeral":
+      return ["--sizes", p.sizes.join(","), "--payload", p.payload, "--deliveries-per-sec", p.dps, "--max-rate", p.maxRate, "--duration", p.duration, "--warmup", p.warmup];
+    case "slow":
+      return ["--publishers", p.publishers, "--receivers", p.receivers, "--rate", p.rate, "--payload", p.payload, "--duration", p.duration, "--warmup", p.warmup, "--after-secs", p.afterSecs];
   }
   throw new Error(name);
+}
+
+/** One line about a slow-consumer run for the progress log. */
+function slowSummary(r) {
+  if (r.error) return `slow: ${typeof r.error === "string" ? r.error : JSON.stringify(r.error)}`;
+  const mib = (k) => (k == null ? "?" : (k / 1024).toFixed(0));
+  const c = r.paused?.first_close;
+  return (
+    `slow: RSS ${mib(r.rss?.at_pause_kib)} → ${mib(r.rss?.peak_paused_kib)} MiB while paused; ` +
+    `readers p99 ${r.readers?.latency?.p99_ms ?? "?"} ms; paused socket ${c ? `closed (${c.code ?? c.how})` : "not closed"}; ` +
+    `recovered ${r.paused?.recovered} (gaps ${r.paused?.gaps}, duplicates ${r.paused?.duplicates})`
+  );
 }
 
 function applicable(name, peer) {
   if (name === "http") return FEATURES[peer].http;
   if (name === "dedup") return FEATURES[peer].dedup;
+  if (name === "ephemeral") return FEATURES[peer].ephemeral;
+  if (name === "slow") return FEATURES[peer].slow;
   if (name === "ramp-quiet") return FEATURES[peer].presence;
   return true;
 }
@@ -332,10 +366,11 @@ async function main() {
       log(`${peer}: ${name}`);
       let server;
       try {
-        server = await startPeer(peer);
+        server = await startPeer(peer, BINDINGS[name]?.(PLAN[name]));
         const r = await loadgen(server, SUBCOMMAND[name] ?? name, scenarioArgs(name, peer), QUERY[name]);
         results[peer][name] = r;
         const failed = (r.results ?? [r.wake ?? r]).filter((x) => x && x.ok === false).length + (r.error ? 1 : 0);
+        if (name === "slow") log(slowSummary(r));
         log(`${peer}: ${name} done in ${r.loadgen_secs?.toFixed(1)} s${failed ? `, ${failed} FAILED phase(s)` : ""}`);
       } catch (e) {
         log(`${peer}: ${name} failed: ${e.message}`);
@@ -385,6 +420,7 @@ async function main() {
     machine: { ...machine, load_average_at_end: loadavg() },
     worker,
     plan: PLAN,
+    scenarios,
     features: FEATURES,
     skipped,
     results,

@@ -57,19 +57,23 @@ export function renderTable(doc) {
     const { s, skip } = scen(r, name);
     return skip ?? f(s, p);
   };
+  /** Whether the run included a scenario (documents before `scenarios` was recorded: all). */
+  const ran = (name) => !doc.scenarios || doc.scenarios.includes(name);
 
   // 1 + 6: ramp and idle
-  if (plan.ramp) {
+  if (plan.ramp && (ran("ramp") || ran("ramp-quiet"))) {
     const n = plan.ramp.n;
     const sec = `1. ramp to ${n} sockets, one room, HS256 JWT`;
-    row(sec, "handshakes/s", withScen("ramp", (s) => cell(fmt(s.ramp.handshakes_per_sec), s.ramp.handshakes_per_sec, s.ramp.failures === 0)));
-    row(sec, "handshake p50 / p99 ms", withScen("ramp", (s) => cell(`${ms(s.ramp.handshake?.p50_ms)} / ${ms(s.ramp.handshake?.p99_ms)}`, s.ramp.handshake?.p99_ms)));
-    row(sec, "failures", withScen("ramp", (s) => cell(String(s.ramp.failures), s.ramp.failures, s.ramp.failures === 0)));
-    row(sec, "server CPU ms / handshake", withScen("ramp", (s) => cell(ms(s.server_cpu_ms_per_handshake), s.server_cpu_ms_per_handshake)));
-    row(sec, "server RSS with all open, MiB", withScen("ramp", (s) => cell(fmt(s.rss_connected_kib / 1024), s.rss_connected_kib / 1024)));
-    const sec6 = `6. idle ${plan.ramp.idle} s (evicted) + wake-up, ${n} sockets`;
-    row(sec6, "RSS Δ per idle socket, KiB", withScen("ramp", (s, p) => cell(fmt(s.rss_per_socket_idle_kib, 1) + (doc.features[p].hibernation ? "" : " ¹"), s.rss_per_socket_idle_kib)));
-    row(sec6, "wake: first delivery / all, ms", withScen("ramp", (s, p) => cell(`${ms(s.wake?.first_delivery_ms)} / ${ms(s.wake?.all_delivered_ms)}` + (doc.features[p].hibernation ? "" : " ¹"), s.wake?.all_delivered_ms, s.wake?.ok !== false)));
+    if (ran("ramp")) {
+      row(sec, "handshakes/s", withScen("ramp", (s) => cell(fmt(s.ramp.handshakes_per_sec), s.ramp.handshakes_per_sec, s.ramp.failures === 0)));
+      row(sec, "handshake p50 / p99 ms", withScen("ramp", (s) => cell(`${ms(s.ramp.handshake?.p50_ms)} / ${ms(s.ramp.handshake?.p99_ms)}`, s.ramp.handshake?.p99_ms)));
+      row(sec, "failures", withScen("ramp", (s) => cell(String(s.ramp.failures), s.ramp.failures, s.ramp.failures === 0)));
+      row(sec, "server CPU ms / handshake", withScen("ramp", (s) => cell(ms(s.server_cpu_ms_per_handshake), s.server_cpu_ms_per_handshake)));
+      row(sec, "server RSS with all open, MiB", withScen("ramp", (s) => cell(fmt(s.rss_connected_kib / 1024), s.rss_connected_kib / 1024)));
+      const sec6 = `6. idle ${plan.ramp.idle} s (evicted) + wake-up, ${n} sockets`;
+      row(sec6, "RSS Δ per idle socket, KiB", withScen("ramp", (s, p) => cell(fmt(s.rss_per_socket_idle_kib, 1) + (doc.features[p].hibernation ? "" : " ¹"), s.rss_per_socket_idle_kib)));
+      row(sec6, "wake: first delivery / all, ms", withScen("ramp", (s, p) => cell(`${ms(s.wake?.first_delivery_ms)} / ${ms(s.wake?.all_delivered_ms)}` + (doc.features[p].hibernation ? "" : " ¹"), s.wake?.all_delivered_ms, s.wake?.ok !== false)));
+    }
     if (doc.results.rust?.["ramp-quiet"]) {
       // The same ramp with clients that opted out of presence frames: what the peers
       // without presence are measured doing in the rows above.
@@ -85,7 +89,7 @@ export function renderTable(doc) {
   // message at a time
   const fanoutRows = (key, title) => {
     const p = plan[key];
-    if (!p) return;
+    if (!p || !ran(key)) return;
     for (const payload of p.payloads) {
       for (const n of p.sizes) {
         const find = (s) => s.results.find((x) => x.n === n && x.payload === payload);
@@ -108,6 +112,48 @@ export function renderTable(doc) {
   };
   fanoutRows("fanout", "2. fan-out");
   fanoutRows("overload", "2b. overload: fan-out");
+
+  // 2d: the same fan-out with ephemeral publishes (contract v1.1 §B), durable first, in
+  // one room per N on one server
+  if (plan.ephemeral && ran("ephemeral")) {
+    const p = plan.ephemeral;
+    for (const n of p.sizes) {
+      const rate = Math.min(p.dps / n, p.maxRate);
+      const sec = `2d. fan-out 1→${n}, ${p.payload} B, ${fmt(rate)} msg/s: durable, then ephemeral publishes (v1.1 §B)`;
+      const find = (s, kind) => s.results.find((x) => x.n === n && x.kind === kind);
+      const rows_ = (x) =>
+        x.rows_read_per_message == null ? "–" : `${x.rows_read_per_message.toFixed(2)} / ${x.rows_written_per_message.toFixed(2)}`;
+      for (const kind of ["durable", "ephemeral"]) {
+        row(sec, `${kind}: deliveries / server CPU-s`, withScen("ephemeral", (s) => {
+          const x = find(s, kind);
+          return cell(fmt(x.deliveries_per_cpu_sec), x.deliveries_per_cpu_sec, x.ok);
+        }));
+      }
+      for (const kind of ["durable", "ephemeral"]) {
+        row(sec, `${kind}: server CPU µs / publish`, withScen("ephemeral", (s) => {
+          const x = find(s, kind);
+          return cell(fmt(x.cpu_us_per_publish), x.cpu_us_per_publish, x.ok);
+        }));
+      }
+      for (const kind of ["durable", "ephemeral"]) {
+        row(sec, `${kind}: latency p50 / p99 / max ms`, withScen("ephemeral", (s) => {
+          const x = find(s, kind);
+          return cell(`${ms(x.latency?.p50_ms)} / ${ms(x.latency?.p99_ms)} / ${ms(x.latency?.max_ms)}`, x.latency?.p99_ms, x.ok);
+        }));
+      }
+      row(sec, "ephemeral: delivered (conflated)", withScen("ephemeral", (s) => {
+        const x = find(s, "ephemeral");
+        const text = x.ephemeral_honoured === false ? "stored ✗" : pct(x.delivery_ratio) + (x.conflated ? ` (${x.conflated})` : "") + (x.ok ? "" : " ✗");
+        return cell(text, x.delivery_ratio, x.ok);
+      }));
+      for (const kind of ["durable", "ephemeral"]) {
+        row(sec, `${kind}: storage rows read / written / msg`, withScen("ephemeral", (s) => {
+          const x = find(s, kind);
+          return cell(rows_(x), x.rows_written_per_message ?? null);
+        }));
+      }
+    }
+  }
 
   // 2c: the headline phase again, peers alternating (bench/run.mjs `interleaved`)
   if (plan.interleaved && Object.values(doc.results).some((r) => r.interleaved)) {
@@ -134,7 +180,7 @@ export function renderTable(doc) {
   }
 
   // 3: many rooms
-  if (plan.rooms) {
+  if (plan.rooms && ran("rooms")) {
     const p = plan.rooms;
     const sec = `3. ${p.rooms} rooms × ${p.perRoom} sockets, ${p.rate} msg/s each`;
     const first = (s) => s.results[0];
@@ -147,7 +193,7 @@ export function renderTable(doc) {
   }
 
   // 4: HTTP broadcast
-  if (plan.http) {
+  if (plan.http && ran("http")) {
     for (const n of plan.http.sizes) {
       const sec = `4. signed HTTP publish, room with ${n} sockets, ${plan.http.concurrency} in flight`;
       const find = (s) => s.results.find((x) => x.n === n);
@@ -161,7 +207,7 @@ export function renderTable(doc) {
   }
 
   // 5: dedup
-  if (plan.dedup) {
+  if (plan.dedup && ran("dedup")) {
     for (const ratio of plan.dedup.ratios) {
       const sec = `5. dedup, ${Math.round(ratio * 100)}% repeated ids, ${plan.dedup.rate} frames/s → ${plan.dedup.receivers}`;
       const find = (s) => s.results.find((x) => x.dup_ratio === ratio);
@@ -169,6 +215,57 @@ export function renderTable(doc) {
       row(sec, "ack p50 / p99 ms", withScen("dedup", (s) => cell(`${ms(find(s).ack_latency?.p50_ms)} / ${ms(find(s).ack_latency?.p99_ms)}`, find(s).ack_latency?.p99_ms, find(s).ok)));
       row(sec, "delivered once each, in order", withScen("dedup", (s) => cell(pct(find(s).delivery_ratio) + (find(s).ok ? "" : " ✗"), find(s).delivery_ratio, find(s).ok)));
     }
+  }
+
+  // 7: slow consumer (contract v1.1 §C)
+  if (plan.slow && ran("slow")) {
+    const p = plan.slow;
+    const sec = `7. slow consumer: ${p.publishers} publishers, ${p.payload / 1024} KiB at ${p.rate} msg/s in all for ${p.duration} s; ${p.receivers} readers + 1 that stops reading`;
+    const mib = (k) => (k == null ? "–" : fmt(k / 1024));
+    const secs = (t) => (t == null ? "?" : `${t.toFixed(1)} s`);
+    row(sec, "server RSS at pause → peak, MiB", withScen("slow", (s) => cell(`${mib(s.rss.at_pause_kib)} → ${mib(s.rss.peak_paused_kib)}`, s.rss.peak_paused_kib / 1024)));
+    const plus = (k) => (k == null ? "–" : `${k >= 0 ? "+" : ""}${(k / 1024).toFixed(1)}`);
+    row(sec, "RSS growth, MiB: nobody paused / one paused", withScen("slow", (s) => cell(`${plus(s.control?.growth_kib)} / ${plus(s.rss.growth_in_pause_kib)}`, s.rss.growth_in_pause_kib / 1024)));
+    row(sec, "data sent while paused, MiB", withScen("slow", (s) => cell(s.data_published_during_pause_mib.toFixed(1), s.data_published_during_pause_mib)));
+    // The signal: RSS slope once the kernel's buffers for the paused socket are full
+    // (from then on the server holds what it is sent), against the control phase.
+    const rate = (v) => (v == null ? "–" : v.toFixed(2));
+    row(sec, "RSS MiB/s once kernel buffers full: nobody / one paused", withScen("slow", (s) => cell(`${rate(s.rss.slope_control_mib_per_s)} / ${rate(s.rss.slope_paused_mib_per_s)}`, s.rss.slope_paused_mib_per_s)));
+    row(sec, "  data rate to the paused reader, MiB/s", withScen("slow", (s) => cell(rate(s.rss.paused_data_rate_mib_per_s), s.rss.paused_data_rate_mib_per_s)));
+    row(sec, `server RSS at resume → ${p.afterSecs ?? 3} s after recovery, MiB`, withScen("slow", (s) => cell(`${mib(s.rss.at_resume_kib)} → ${mib(s.rss.after_kib)}`, s.rss.after_kib / 1024)));
+    row(sec, "other readers' latency p50 / p99 / max ms", withScen("slow", (s) => {
+      const l = s.readers.latency;
+      return cell(`${ms(l?.p50_ms)} / ${ms(l?.p99_ms)} / ${ms(l?.max_ms)}`, l?.p99_ms, s.readers.ok);
+    }));
+    row(sec, "  the same with nobody paused", withScen("slow", (s) => {
+      const l = s.control?.readers_latency;
+      return cell(`${ms(l?.p50_ms)} / ${ms(l?.p99_ms)} / ${ms(l?.max_ms)}`, l?.p99_ms);
+    }));
+    row(sec, "other readers delivered (exact, in order)", withScen("slow", (s) => cell(s.readers.ok ? "100%" : "✗", s.readers.ok ? 1 : 0, s.readers.ok)));
+    row(sec, "paused socket closed by the server", withScen("slow", (s) => {
+      const c = s.paused.first_close;
+      if (!c) return cell("no", 0);
+      // The room's own count says when it let go; the TCP connection ends only once the
+      // client has read up to the close frame (after the pause).
+      const dropped = s.paused.room_dropped_after_pause_s;
+      const tcp = s.paused.server_tcp_closed_after_pause_s;
+      const how = c.code ?? (c.how.includes("reset") ? "reset, no close frame" : c.how);
+      if (s.paused.closed_before_pause) return cell(`${how}, before the pause (at ${secs(c.at_s)} of the run)`, c.code ?? null, false);
+      const when = dropped != null ? `room let go by ${secs(dropped)}` : tcp != null ? `TCP closed at ${secs(tcp)}` : "when ?";
+      return cell(`${how}, ${when}`, c.code ?? null);
+    }));
+    row(sec, "other sockets closed by the server", withScen("slow", (s) => {
+      const o = s.readers.others_closed ?? [];
+      if (!o.length) return cell("none", 0);
+      const codes = [...new Set(o.map((x) => x.closes[0]?.code ?? x.closes[0]?.how))].join(", ");
+      const at = Math.min(...o.map((x) => x.closes[0]?.at_s ?? Infinity));
+      return cell(`${o.length} (${codes}) from ${secs(at)} ✗`, o.length, false);
+    }));
+    row(sec, "paused reader: gaps / duplicates", withScen("slow", (s) => {
+      const q = s.paused;
+      const how = q.caught_up_in_place ? "in place" : q.reconnects.length ? `resume ×${q.reconnects.length}` : "not";
+      return cell(`${q.gaps} / ${q.duplicates}, ${how}` + (s.ok ? "" : " ✗"), q.gaps + q.duplicates, s.ok);
+    }));
   }
 
   const ratios = computeRatios(doc);
@@ -201,8 +298,21 @@ export function computeRatios(doc) {
     return rounds.length && rounds.every((x) => x.ok) ? median(rounds.map((x) => x.deliveries_per_cpu_sec)) : null;
   };
   const dedup = (peer, ratio) => doc.results[peer]?.dedup?.results?.find((r) => r.dup_ratio === ratio)?.cpu_us_per_publish ?? null;
+  const bigEph = Math.max(...(doc.plan.ephemeral?.sizes ?? [1000]).filter((n) => n <= 1000));
+  const eph = (peer, kind) => {
+    const x = doc.results[peer]?.ephemeral?.results?.find((r) => r.n === bigEph && r.kind === kind);
+    return x && x.ok ? x.deliveries_per_cpu_sec : null;
+  };
+  // RSS growth per second while one reader is paused beyond what the same traffic grows
+  // it with nobody paused (scenario 7): what the server holds for the paused socket.
+  const slowExcess = (peer) => {
+    const r = doc.results[peer]?.slow?.rss;
+    return doc.results[peer]?.slow?.readers?.ok && r?.slope_paused_mib_per_s != null && r?.slope_control_mib_per_s != null
+      ? r.slope_paused_mib_per_s - r.slope_control_mib_per_s
+      : null;
+  };
   return {
-    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery; *_interleaved: medians of the alternating rounds (2c). idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. A peer whose run failed its checks gives null.`,
+    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery; *_interleaved: medians of the alternating rounds (2c). idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. ephemeral_over_durable_rust: deliveries per CPU-second at 1→${bigEph}, ephemeral ÷ durable publishes (2d). slow_rss_excess_slope_*: server RSS growth per second with one reader paused minus the same with nobody paused, once the paused socket's kernel buffers are full (7), first ÷ second; <1 means the first holds less for a slow socket. A peer whose run failed its checks gives null.`,
     fanout_rust_over_js_twin: div(f("rust"), f("js-twin")),
     fanout_rust_over_js_twin_1kib: div(f("rust", 1024), f("js-twin", 1024)),
     fanout_rust_over_js_twin_interleaved: div(interleaved("rust"), interleaved("js-twin")),
@@ -221,12 +331,14 @@ export function computeRatios(doc) {
     http_requests_rust_over_js_twin_0_sockets: div(http0("rust"), http0("js-twin")),
     dedup_cpu_50pct_over_0pct_rust: div(dedup("rust", 0.5), dedup("rust", 0)),
     dedup_cpu_50pct_over_0pct_js_twin: div(dedup("js-twin", 0.5), dedup("js-twin", 0)),
+    ephemeral_over_durable_rust: div(eph("rust", "ephemeral"), eph("rust", "durable")),
+    slow_rss_excess_slope_rust_over_js_twin: div(slowExcess("rust"), slowExcess("js-twin")),
   };
 }
 
 function formatText(doc, rows, ratios) {
   const peers = Object.keys(doc.results);
-  const labelW = 34;
+  const labelW = Math.max(34, ...rows.map((r) => r.label.length + 4));
   const colW = Math.max(13, ...rows.flatMap((r) => Object.values(r.cells).map((c) => c.text.length + 2)));
   const pad = (s, w) => (s.length >= w ? s : s + " ".repeat(w - s.length));
   const lpad = (s, w) => (s.length >= w ? s : " ".repeat(w - s.length) + s);
@@ -247,7 +359,7 @@ function formatText(doc, rows, ratios) {
   out.push("");
   out.push("¹ no hibernation: the socket stays in process memory; the wake-up is an ordinary message.");
   out.push("✗ a check failed (a lost, duplicated or reordered delivery, or a failed request): the numbers of that run are not comparable.");
-  out.push("n/a: the peer does not implement the feature (dedup, HTTP publish, presence).");
+  out.push("n/a: the peer does not implement the feature (dedup, HTTP publish, presence, ephemeral messages) or the scenario is not run against it (slow consumer).");
   for (const [peer, why] of Object.entries(doc.skipped ?? {})) out.push(`skipped ${peer}: ${why}`);
   const errors = [];
   for (const [peer, byScenario] of Object.entries(doc.results)) {

@@ -41,6 +41,8 @@ const configs = {
         RATE_LIMIT_PER_SEC: "1000000",
         RATE_LIMIT_BURST: "1000000",
         MAX_CONNECTIONS_PER_USER: "100000",
+        // Variables one scenario sets for itself (bench/run.mjs BINDINGS).
+        ...(process.env.BENCH_BINDINGS ? JSON.parse(process.env.BENCH_BINDINGS) : {}),
       },
     };
   },

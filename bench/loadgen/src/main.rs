@@ -35,6 +35,8 @@ use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
 use loadgen::{cpu_seconds, rss_kib, signature, unix_now, user_token};
 
+mod slow;
+
 type Ws = WebSocketStream<TcpStream>;
 type WsSink = SplitSink<Ws, Message>;
 type WsStream = SplitStream<Ws>;
@@ -108,6 +110,23 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
     },
+    /// Scenario 2d: fan-out 1 → N, durable then ephemeral publishes (contract v1.1 §B).
+    Ephemeral {
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        #[arg(long, default_value_t = 20_000.0)]
+        deliveries_per_sec: f64,
+        #[arg(long, default_value_t = 2000.0)]
+        max_rate: f64,
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+    },
+    /// Scenario 7: one reader stops reading while others keep up (contract v1.1 §C).
+    Slow(slow::SlowArgs),
     /// Scenario 3: many rooms in parallel, one publisher per room.
     Rooms {
         #[arg(long, default_value_t = 100)]
@@ -181,6 +200,11 @@ struct Phase {
     ack_errors: u64,
     /// `error` frames received for this phase's publishes.
     server_errors: u64,
+    /// Deliveries marked `ephemeral` (contract v1.1 §B).
+    ephemeral_delivered: u64,
+    /// Deliveries of a stream's last message: an ephemeral phase has drained when every
+    /// receiver has the last one (conflation may drop earlier ones, never the latest).
+    finals: u64,
 }
 
 impl Phase {
@@ -195,6 +219,8 @@ impl Phase {
             dup_acks: 0,
             ack_errors: 0,
             server_errors: 0,
+            ephemeral_delivered: 0,
+            finals: 0,
         }
     }
 }
@@ -225,6 +251,9 @@ struct ConnState {
     closed: Option<String>,
     /// Publishes in flight on this socket.
     fifo: VecDeque<Pending>,
+    /// Last ephemeral message seen per stream, as (phase, k): conflation may skip
+    /// messages of a stream but must never repeat or reorder them.
+    ephemeral_last: Vec<Option<(usize, usize)>>,
 }
 
 struct Rig {
@@ -250,6 +279,9 @@ struct Frame<'a> {
     duplicate: Option<bool>,
     #[serde(default, borrow)]
     code: Option<Cow<'a, str>>,
+    /// `true` on ephemeral messages and their acks (contract v1.1 §B): no `seq`.
+    #[serde(default)]
+    ephemeral: Option<bool>,
 }
 
 fn parse_frames(text: &str) -> Vec<Frame<'_>> {
@@ -349,7 +381,10 @@ impl Rig {
 
     fn on_message(&self, conn: &RefCell<ConnState>, f: &Frame, now: u64) {
         let mut c = conn.borrow_mut();
-        if let Some(seq) = f.seq {
+        let ephemeral = f.ephemeral == Some(true);
+        if ephemeral {
+            // No `seq` (contract v1.1 §B); checked per stream below.
+        } else if let Some(seq) = f.seq {
             if seq != c.last_seq + 1 {
                 c.order_errors += 1;
                 drop(c);
@@ -367,6 +402,20 @@ impl Rig {
             c.unknown += 1;
             return;
         };
+        if ephemeral {
+            if c.ephemeral_last.len() <= stream {
+                c.ephemeral_last.resize(stream + 1, None);
+            }
+            if matches!(c.ephemeral_last[stream], Some((p, last)) if p == phase && k <= last) {
+                c.order_errors += 1;
+                drop(c);
+                self.problem(format!(
+                    "ephemeral order: b{phase}.{stream}.{k} after a later one"
+                ));
+                c = conn.borrow_mut();
+            }
+            c.ephemeral_last[stream] = Some((phase, k));
+        }
         if c.counts.len() <= phase {
             c.counts.resize(phase + 1, 0);
         }
@@ -377,6 +426,12 @@ impl Rig {
             return;
         };
         ph.delivered += 1;
+        if ephemeral {
+            ph.ephemeral_delivered += 1;
+        }
+        if ph.sent.get(stream).is_some_and(|s| k + 1 == s.len()) {
+            ph.finals += 1;
+        }
         match ph.sent.get(stream).and_then(|s| s.get(k)).copied() {
             Some(sent) if sent > 0 => {
                 let us = (now.saturating_sub(sent) / 1000).max(1);
@@ -444,17 +499,53 @@ fn host_port(url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_string()
 }
 
-/// Opens one socket, waits for `welcome`, starts its reader task. Returns the connection
-/// and the handshake time (TCP connect → welcome).
-async fn connect(
-    rig: &Rc<Rig>,
+/// What a `welcome` frame tells a scenario.
+struct Welcome {
+    seq: u64,
+    epoch: Option<String>,
+    /// `"receipts":true`: the room wants `received` frames (contract v1.1 §C).
+    receipts: bool,
+    /// The `resume` object as sent (null when absent).
+    resume: Value,
+    /// Text messages read on the socket up to and including the one carrying `welcome`.
+    messages: u64,
+}
+
+impl Welcome {
+    fn from_text(text: &str, messages: u64) -> Option<Welcome> {
+        let v: Value = serde_json::from_str(text.trim_start()).ok()?;
+        let frame = match v {
+            Value::Array(a) => a.into_iter().find(|f| f["type"] == "welcome")?,
+            f if f["type"] == "welcome" => f,
+            _ => return None,
+        };
+        Some(Welcome {
+            seq: frame["seq"].as_u64().unwrap_or(0),
+            epoch: frame["epoch"].as_str().map(str::to_string),
+            receipts: frame["receipts"] == Value::Bool(true),
+            resume: frame["resume"].clone(),
+            messages,
+        })
+    }
+}
+
+/// Opens one socket to `room` as `user` and reads up to its `welcome`. `query` is added
+/// to the socket path's query string. Returns the socket, its `welcome`, the handshake
+/// time (TCP connect → welcome) and the socket's local address.
+async fn open_socket(
+    rig: &Rig,
     room: &str,
     user: &str,
-    group: usize,
-) -> Result<(Conn, Duration), String> {
+    query: Option<&str>,
+) -> Result<(Ws, Welcome, Duration, std::net::SocketAddr), String> {
     let c = &rig.common;
     let t0 = Instant::now();
-    let url = format!("{}{}", c.ws_url, c.ws_path.replace("{room}", room));
+    let mut path = c.ws_path.replace("{room}", room);
+    if let Some(q) = query {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str(q);
+    }
+    let url = format!("{}{}", c.ws_url, path);
     let mut req = url
         .as_str()
         .into_client_request()
@@ -476,6 +567,7 @@ async fn connect(
         .await
         .map_err(|e| format!("tcp: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let local = tcp.local_addr().map_err(|e| e.to_string())?;
     // Small read buffers: thousands of sockets share one loadgen process.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let (mut ws, _) = client_async_with_config(req, tcp, Some(config))
@@ -484,14 +576,18 @@ async fn connect(
             tokio_tungstenite::tungstenite::Error::Http(resp) => format!("http {}", resp.status()),
             other => format!("handshake: {other}"),
         })?;
-    let welcome_seq = loop {
+    let mut messages = 0u64;
+    let (welcome, elapsed) = loop {
         let next = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
             .map_err(|_| "no welcome within 30 s".to_string())?;
         match next {
             Some(Ok(Message::Text(t))) => {
-                if let Some(f) = parse_frames(&t).into_iter().find(|f| f.ty == "welcome") {
-                    break f.seq.unwrap_or(0);
+                messages += 1;
+                // The handshake ends when `welcome` arrives, not when it is parsed.
+                let at = t0.elapsed();
+                if let Some(w) = Welcome::from_text(&t, messages) {
+                    break (w, at);
                 }
             }
             Some(Ok(Message::Close(cf))) => return Err(format!("closed before welcome: {cf:?}")),
@@ -500,7 +596,19 @@ async fn connect(
             None => return Err("eof before welcome".into()),
         }
     };
-    let elapsed = t0.elapsed();
+    Ok((ws, welcome, elapsed, local))
+}
+
+/// Opens one socket, waits for `welcome`, starts its reader task. Returns the connection
+/// and the handshake time (TCP connect → welcome).
+async fn connect(
+    rig: &Rc<Rig>,
+    room: &str,
+    user: &str,
+    group: usize,
+) -> Result<(Conn, Duration), String> {
+    let (ws, welcome, elapsed, _) = open_socket(rig, room, user, None).await?;
+    let welcome_seq = welcome.seq;
     let (sink, stream) = ws.split();
     let state = Rc::new(RefCell::new(ConnState {
         group,
@@ -622,6 +730,8 @@ struct PubPlan {
     /// Offset of this stream's schedule, so parallel streams do not fire in lockstep.
     offset: Duration,
     start: Instant,
+    /// Ephemeral publishes (contract v1.1 §B, event `cursor`) instead of durable ones.
+    ephemeral: bool,
 }
 
 struct PubOutcome {
@@ -659,10 +769,17 @@ async fn publish_open_loop(rig: &Rig, conn: &mut Conn, plan: &PubPlan) -> PubOut
         let dup = j > 0 && is_dup(j, plan.dup_ratio);
         let this_k = if dup { k - 1 } else { k };
         let id = bench_id(plan.phase, plan.stream, this_k);
-        let frame = format!(
-            r#"{{"type":"publish","id":"{id}","event":"bench","data":{}}}"#,
-            plan.data
-        );
+        let frame = if plan.ephemeral {
+            format!(
+                r#"{{"type":"publish","ephemeral":true,"id":"{id}","event":"cursor","data":{}}}"#,
+                plan.data
+            )
+        } else {
+            format!(
+                r#"{{"type":"publish","id":"{id}","event":"bench","data":{}}}"#,
+                plan.data
+            )
+        };
         let sent = rig.now_ns();
         if !dup {
             rig.phases.borrow_mut()[plan.phase].sent[plan.stream][this_k] = sent;
@@ -703,6 +820,27 @@ async fn drain(rig: &Rig, phase: usize, deliveries: u64, acks: u64) -> bool {
             let phases = rig.phases.borrow();
             let ph = &phases[phase];
             if ph.delivered >= deliveries && ph.acks + ph.server_errors >= acks {
+                return true;
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// [`drain`] for an ephemeral phase: done when every delivery arrived, or when every
+/// receiver has the last message of each stream it receives (`finals`), and every ack.
+async fn drain_ephemeral(rig: &Rig, phase: usize, deliveries: u64, finals: u64, acks: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs_f64(rig.common.drain_timeout);
+    loop {
+        {
+            let phases = rig.phases.borrow();
+            let ph = &phases[phase];
+            if (ph.delivered >= deliveries || ph.finals >= finals)
+                && ph.acks + ph.server_errors >= acks
+            {
                 return true;
             }
         }
@@ -858,6 +996,7 @@ async fn scenario_ramp(rig: Rc<Rig>, n: usize, idle_secs: f64) -> Value {
             dup_ratio: 0.0,
             offset: Duration::ZERO,
             start: Instant::now(),
+            ephemeral: false,
         };
         let t0 = Instant::now();
         publish_open_loop(&rig, &mut publisher, &plan).await;
@@ -976,6 +1115,95 @@ async fn scenario_fanout(
     json!({"scenario": "fanout", "setup": setup, "results": results})
 }
 
+/// The storage totals `GET /v1/rooms/{room}` reports (`"storage":{"rows_read":N,
+/// "rows_written":M}`), as (read, written).
+fn storage_rows(info: &Option<Value>) -> Option<(u64, u64)> {
+    let s = info.as_ref()?.get("storage")?;
+    Some((s["rows_read"].as_u64()?, s["rows_written"].as_u64()?))
+}
+
+/// Scenario 2d: fan-out 1 → N with durable publishes, then the same with ephemeral ones
+/// (contract v1.1 §B) into the same room; storage rows per message from the room's own
+/// `GET /v1/rooms/{room}` before and after each measured phase.
+#[allow(clippy::too_many_arguments)]
+async fn scenario_ephemeral(
+    rig: Rc<Rig>,
+    sizes: Vec<usize>,
+    payload_size: usize,
+    dps: f64,
+    max_rate: f64,
+    duration: f64,
+    warmup: f64,
+) -> Value {
+    let groups: Vec<(String, usize)> = sizes
+        .iter()
+        .map(|n| (format!("{}-eph-{n}", rig.common.prefix), *n))
+        .collect();
+    let (mut publishers, receivers, setup) = match setup_groups(&rig, &groups, true).await {
+        Ok(x) => x,
+        Err(e) => return json!({"scenario": "ephemeral", "error": e}),
+    };
+    let data = Rc::new(payload(payload_size));
+    let mut results = Vec::new();
+    for (g, &n) in sizes.iter().enumerate() {
+        let rate = (dps / n as f64).min(max_rate);
+        let mut per_group = vec![0usize; g + 1];
+        per_group[g] = n;
+        for ephemeral in [false, true] {
+            let pubs = std::slice::from_mut(&mut publishers[g]);
+            if warmup > 0.0 {
+                let _ = run_phase_mapped(
+                    &rig,
+                    pubs,
+                    &[g],
+                    &per_group,
+                    rate,
+                    warmup,
+                    data.clone(),
+                    0.0,
+                    ephemeral,
+                )
+                .await;
+            }
+            let before = room_info(&rig, &groups[g].0).await;
+            let mut v = run_phase_mapped(
+                &rig,
+                pubs,
+                &[g],
+                &per_group,
+                rate,
+                duration,
+                data.clone(),
+                0.0,
+                ephemeral,
+            )
+            .await;
+            let after = room_info(&rig, &groups[g].0).await;
+            let m = v.as_object_mut().expect("object");
+            m.insert("n".into(), json!(n));
+            m.insert("payload".into(), json!(payload_size));
+            let messages = m["unique_messages"].as_u64().unwrap_or(0).max(1) as f64;
+            let (b, a) = (storage_rows(&before), storage_rows(&after));
+            m.insert("storage_before".into(), json!(b));
+            m.insert("storage_after".into(), json!(a));
+            if let (Some(b), Some(a)) = (b, a) {
+                m.insert(
+                    "rows_read_per_message".into(),
+                    json!(a.0.saturating_sub(b.0) as f64 / messages),
+                );
+                m.insert(
+                    "rows_written_per_message".into(),
+                    json!(a.1.saturating_sub(b.1) as f64 / messages),
+                );
+            }
+            results.push(v);
+        }
+    }
+    close_all(publishers).await;
+    close_all(receivers).await;
+    json!({"scenario": "ephemeral", "setup": setup, "results": results})
+}
+
 /// `run_phase` for a single publisher whose receivers are group `g`.
 #[allow(clippy::too_many_arguments)]
 async fn run_phase_group(
@@ -999,6 +1227,7 @@ async fn run_phase_group(
         secs,
         data,
         dup_ratio,
+        false,
     )
     .await
 }
@@ -1014,6 +1243,7 @@ async fn run_phase_mapped(
     secs: f64,
     data: Rc<String>,
     dup_ratio: f64,
+    ephemeral: bool,
 ) -> Value {
     let streams = publishers.len();
     let phase = rig.new_phase(streams);
@@ -1037,6 +1267,7 @@ async fn run_phase_mapped(
                 dup_ratio,
                 offset: Duration::from_secs_f64(stream as f64 / (rate_per_stream * streams as f64)),
                 start,
+                ephemeral,
             };
             let rig = rig.clone();
             async move { publish_open_loop(&rig, conn, &plan).await }
@@ -1059,14 +1290,42 @@ async fn run_phase_mapped(
         send_errors += out.send_errors;
     }
     let frames_total = (frames * streams) as u64;
-    let drained = drain(rig, phase, want_deliveries, frames_total).await;
+    let drained = if ephemeral {
+        // Conflation (contract v1.1 §B) may replace a queued signal by a newer one, so
+        // not every message reaches every receiver; the latest of each stream does.
+        let finals: u64 = stream_groups
+            .iter()
+            .map(|&g| receivers_per_group[g] as u64)
+            .sum();
+        drain_ephemeral(rig, phase, want_deliveries, finals, frames_total).await
+    } else {
+        drain(rig, phase, want_deliveries, frames_total).await
+    };
     let wall = t0.elapsed();
     let cpu1 = rig.cpu();
     eprintln!("@phase {phase} end");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let ch = check_phase(rig, phase, &pub_states);
+    let mut ch = check_phase(rig, phase, &pub_states);
     let phases = rig.phases.borrow();
     let ph = &phases[phase];
+    // A server without ephemeral messages stores and sequences them like any publish.
+    let honoured = ph.ephemeral_delivered == ph.delivered;
+    if ephemeral {
+        // Fewer deliveries than published is conflation, not loss; more, a repeat, or
+        // a reordering is still a failure.
+        ch.ok = ch.over_receivers == 0
+            && ch.order_errors == 0
+            && ch.unknown == 0
+            && ch.closed == 0
+            && honoured;
+        if !honoured {
+            rig.problem(format!(
+                "phase {phase}: {} of {} deliveries of ephemeral publishes were not marked ephemeral",
+                ph.delivered - ph.ephemeral_delivered,
+                ph.delivered
+            ));
+        }
+    }
     let cpu_s = cpu1 - cpu0;
     let deliveries = ch.received;
     let ok = ch.ok
@@ -1078,6 +1337,15 @@ async fn run_phase_mapped(
     let mut v = check_json(&ch);
     let m = v.as_object_mut().expect("object");
     m.insert("ok".into(), json!(ok));
+    m.insert(
+        "kind".into(),
+        json!(if ephemeral { "ephemeral" } else { "durable" }),
+    );
+    if ephemeral {
+        m.insert("ephemeral_deliveries".into(), json!(ph.ephemeral_delivered));
+        m.insert("ephemeral_honoured".into(), json!(honoured));
+        m.insert("conflated".into(), json!(ch.expected - ch.received));
+    }
     m.insert("publish_frames".into(), json!(frames_total));
     m.insert("unique_messages".into(), json!(unique_total));
     m.insert("rate_per_stream".into(), json!(rate_per_stream));
@@ -1143,6 +1411,7 @@ async fn scenario_rooms(
             warmup,
             data.clone(),
             0.0,
+            false,
         )
         .await;
     }
@@ -1155,6 +1424,7 @@ async fn scenario_rooms(
         duration,
         data,
         0.0,
+        false,
     )
     .await;
     let m = v.as_object_mut().expect("object");
@@ -1193,6 +1463,7 @@ async fn scenario_dedup(
                 warmup,
                 data.clone(),
                 ratio,
+                false,
             )
             .await;
         }
@@ -1205,6 +1476,7 @@ async fn scenario_dedup(
             duration,
             data.clone(),
             ratio,
+            false,
         )
         .await;
         let m = v.as_object_mut().expect("object");
@@ -1274,6 +1546,24 @@ impl HttpConn {
         let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).to_string();
         self.buf.drain(..head_end + len);
         Ok((status, body))
+    }
+}
+
+/// `GET /v1/rooms/{room}`, signed (docs/protocol.md §7): the room's own report, or
+/// `None` when the peer has no such route or the rig has no API secret.
+async fn room_info(rig: &Rig, room: &str) -> Option<Value> {
+    let c = &rig.common;
+    if c.http_url.is_empty() || c.api_secret.is_empty() {
+        return None;
+    }
+    let path = format!("/v1/rooms/{room}");
+    let addr = host_port(&c.http_url);
+    let mut conn = HttpConn::open(&addr).await.ok()?;
+    let sig = signature(&c.api_secret, "GET", &path, "", unix_now());
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nRoomcast-Signature: {sig}\r\nContent-Length: 0\r\n\r\n");
+    match conn.roundtrip(req.as_bytes()).await {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
     }
 }
 
@@ -1490,6 +1780,26 @@ fn main() {
                 )
                 .await
             }
+            Cmd::Ephemeral {
+                sizes,
+                payload,
+                deliveries_per_sec,
+                max_rate,
+                duration,
+                warmup,
+            } => {
+                scenario_ephemeral(
+                    rig.clone(),
+                    sizes,
+                    payload,
+                    deliveries_per_sec,
+                    max_rate,
+                    duration,
+                    warmup,
+                )
+                .await
+            }
+            Cmd::Slow(args) => slow::scenario_slow(rig.clone(), args).await,
             Cmd::Rooms {
                 rooms,
                 per_room,
