@@ -20,7 +20,7 @@ use sha2::Sha256;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::protocol::valid_tenant;
+use crate::protocol::{personal_owner, valid_room, valid_tenant};
 
 /// Clock leeway for `exp`, `nbf` and `iat` (contract §3).
 pub const LEEWAY_SECS: i64 = 30;
@@ -95,15 +95,29 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The union of the permissions of every pattern that matches `room`.
+    /// The union of the permissions of every pattern that matches `room` — except in a
+    /// personal room (`name@user`, docs/protocol.md §14), which its owner (the token whose
+    /// `sub` is exactly `user`) may always read and may write with a matching `write`
+    /// pattern, and which no pattern opens to anyone else: not `*`, not a prefix, not
+    /// even its exact name.
     pub fn perms_for(&self, room: &str) -> Perms {
-        self.rooms
+        let granted = self
+            .rooms
             .iter()
             .filter(|(pattern, _)| pattern_matches(pattern, room))
             .fold(Perms::default(), |acc, (_, p)| Perms {
                 read: acc.read || p.read,
                 write: acc.write || p.write,
-            })
+            });
+        match personal_owner(room) {
+            None => granted,
+            // `valid_room`: the owner of a malformed name (`a@b@c`) is nobody.
+            Some(owner) if owner == self.user && valid_room(room) => Perms {
+                read: true,
+                write: granted.write,
+            },
+            Some(_) => Perms::default(),
+        }
     }
 }
 

@@ -29,9 +29,28 @@ fn check_name(value: &str, max: usize, extra: &[u8]) -> bool {
     (1..=max).contains(&value.len()) && value.bytes().all(|c| is_name_char(c, extra))
 }
 
-/// Whether `room` is a valid room name: `[A-Za-z0-9_.:-]{1,128}`.
+/// Whether `room` is a valid room name: `[A-Za-z0-9_.:-]{1,128}`, or a personal room
+/// `<name>@<user>` (docs/protocol.md §14): one `@` between two non-empty runs of those
+/// characters, 128 bytes in all. `@` is a legal path character, so neither form needs
+/// percent-encoding.
 pub fn valid_room(room: &str) -> bool {
-    check_name(room, MAX_ROOM_LEN, b"_.:-")
+    match room.split_once(PERSONAL_MARK) {
+        None => check_name(room, MAX_ROOM_LEN, b"_.:-"),
+        Some((name, user)) => {
+            room.len() <= MAX_ROOM_LEN
+                && check_name(name, MAX_ROOM_LEN, b"_.:-")
+                && check_name(user, MAX_ROOM_LEN, b"_.:-")
+        }
+    }
+}
+
+/// What separates a personal room's name from its owner: `inbox@alice`.
+pub const PERSONAL_MARK: char = '@';
+
+/// The owner of a personal room — the user after its first `@` — or `None` for a shared
+/// room. Any `@` makes a name personal, so that no pattern can open a malformed one.
+pub fn personal_owner(room: &str) -> Option<&str> {
+    room.split_once(PERSONAL_MARK).map(|(_, user)| user)
 }
 
 /// Whether `tenant` is a valid tenant: `[A-Za-z0-9_.-]{1,64}` (no `:` and no `/`, so the
@@ -56,7 +75,7 @@ pub fn check_room(room: &str) -> Result<()> {
     } else {
         let shown: String = room.chars().take(40).collect();
         Err(Error::BadRoom(format!(
-            "invalid room name {shown:?}: use 1-128 characters from A-Z a-z 0-9 _ . : -"
+            "invalid room name {shown:?}: use 1-128 characters from A-Z a-z 0-9 _ . : -, with at most one @ between two of them (a personal room, name@user)"
         )))
     }
 }
@@ -471,6 +490,32 @@ mod tests {
         assert!(!valid_room("a%2Fb"));
         assert!(!valid_room(&"x".repeat(129)));
         assert!(valid_room(&"x".repeat(128)));
+        assert!(valid_room("inbox@alice"));
+        assert!(valid_room("a@b"));
+        assert!(valid_room(&format!(
+            "{}@{}",
+            "x".repeat(63),
+            "y".repeat(64)
+        )));
+        assert!(!valid_room(&format!(
+            "{}@{}",
+            "x".repeat(64),
+            "y".repeat(64)
+        )));
+        for bad in [
+            "@alice",
+            "inbox@",
+            "@",
+            "a@b@c",
+            "inbox@al ice",
+            "inbox@al/ice",
+        ] {
+            assert!(!valid_room(bad), "{bad}");
+        }
+        assert_eq!(personal_owner("inbox@alice"), Some("alice"));
+        assert_eq!(personal_owner("a@b@c"), Some("b@c"));
+        assert_eq!(personal_owner("lobby"), None);
+        assert!(!valid_id("a@b"), "ids keep their format");
         assert!(valid_tenant("acme.prod-1"));
         assert!(!valid_tenant("a:b"));
         assert!(!valid_tenant("a/b"));

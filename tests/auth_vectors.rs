@@ -1329,6 +1329,85 @@ fn pattern_matching_vectors() {
     }
 }
 
+/// Personal rooms (`name@user`, docs/protocol.md §14): the owner reads without a pattern
+/// and writes only with one; nobody else gets in through any pattern, however broad or
+/// exact. `sub` must equal the part after `@` exactly.
+#[test]
+fn personal_rooms_open_to_their_owner_only() {
+    const NONE: Perms = Perms {
+        read: false,
+        write: false,
+    };
+    const R: Perms = Perms {
+        read: true,
+        write: false,
+    };
+    const RW: Perms = Perms {
+        read: true,
+        write: true,
+    };
+    let sub = |user: &str, rooms: Value| {
+        edited(|m| {
+            m.insert("sub".into(), user.into());
+            m.insert("rooms".into(), rooms);
+        })
+    };
+    let everything = json!({"*": ["read", "write"]});
+    let vectors: &[(&str, Value, &str, Perms)] = &[
+        // The owner: read without any entry; write needs a pattern that grants it.
+        ("alice", json!({}), "inbox@alice", R),
+        ("alice", json!({"lobby": ["read"]}), "inbox@alice", R),
+        ("alice", everything.clone(), "inbox@alice", RW),
+        ("alice", json!({"inbox@*": ["write"]}), "inbox@alice", RW),
+        ("alice", json!({"inbox@alice": ["read"]}), "inbox@alice", R),
+        // Everyone else: no pattern opens it.
+        ("bob", everything.clone(), "inbox@alice", NONE),
+        (
+            "bob",
+            json!({"inbox@*": ["read", "write"]}),
+            "inbox@alice",
+            NONE,
+        ),
+        (
+            "bob",
+            json!({"inbox*": ["read", "write"]}),
+            "inbox@alice",
+            NONE,
+        ),
+        (
+            "bob",
+            json!({"inbox@alice": ["read", "write"]}),
+            "inbox@alice",
+            NONE,
+        ),
+        ("bob", json!({}), "inbox@alice", NONE),
+        // The user part is compared exactly: no prefix, case or suffix games.
+        ("alic", everything.clone(), "inbox@alice", NONE),
+        ("alice2", everything.clone(), "inbox@alice", NONE),
+        ("Alice", everything.clone(), "inbox@alice", NONE),
+        ("alice", everything.clone(), "inbox@alice2", NONE),
+        // A sub that cannot be a room-name suffix owns no room a client can name; the
+        // part after the first `@` of a malformed name is never a match for anyone else.
+        ("alice@example.com", everything.clone(), "inbox@alice", NONE),
+        ("b@c", everything.clone(), "a@b@c", NONE),
+        // Shared rooms are unchanged.
+        ("bob", everything.clone(), "lobby", RW),
+        ("bob", json!({}), "lobby", NONE),
+    ];
+    for alg in ALGS {
+        for (user, rooms, room, perms) in vectors {
+            let id = default_verifier()
+                .verify(&mint(alg, &sub(user, rooms.clone())), NOW)
+                .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+            assert_eq!(
+                id.perms_for(room),
+                *perms,
+                "{alg:?}: {user:?} with {rooms} on {room:?}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // JWT_PUBLIC_KEYS configuration errors
 // ---------------------------------------------------------------------------------------
