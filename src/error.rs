@@ -66,6 +66,11 @@ pub enum Error {
     /// Something failed inside the Worker or the room; details are in the logs only.
     #[error("internal error")]
     Internal(String),
+    /// A backend ended this connection (`POST /v1/rooms/{room}/disconnect`,
+    /// docs/protocol.md §14); carries the backend's reason. Only ever sent as the `error`
+    /// frame before the close the request chose, never as an HTTP answer.
+    #[error("{0}")]
+    Disconnected(String),
 }
 
 impl Error {
@@ -77,7 +82,7 @@ impl Error {
             Error::UpgradeRequired => 426,
             Error::MissingToken | Error::InvalidToken(_) | Error::TokenExpired => 401,
             Error::Unauthorized(_) => 401,
-            Error::Forbidden(_) | Error::OriginNotAllowed(_) => 403,
+            Error::Forbidden(_) | Error::OriginNotAllowed(_) | Error::Disconnected(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::TooLarge(_) => 413,
@@ -108,6 +113,7 @@ impl Error {
             Error::InvalidId(_) => "invalid_id",
             Error::RateLimited(_) => "rate_limited",
             Error::Internal(_) => "internal",
+            Error::Disconnected(_) => "disconnected",
         }
     }
 

@@ -444,6 +444,19 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// The `error` frame before the close of a server-API disconnect (docs/protocol.md
+    /// §14). It names the close code that follows, because the client should act at once:
+    /// the close event can reach it many seconds after the frame (workerd completes the
+    /// closing handshake late), and an SSE stream has no close code at all.
+    #[serde(rename = "error")]
+    Disconnected {
+        /// Always `disconnected`.
+        code: &'static str,
+        /// The backend's reason.
+        message: &'a str,
+        /// The close code that follows (4000–4999).
+        close: u16,
+    },
     /// Presence change.
     Presence {
         /// `join` or `leave`.

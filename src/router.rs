@@ -14,6 +14,7 @@ use crate::auth::{self, Identity, Verifier};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{check_event, check_publish, check_room, null_raw, valid_tenant};
+use crate::room::commands::disconnect::DisconnectRequest;
 use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult};
 use crate::runtime::{error_response, json_response, log_line, now_ms};
 
@@ -77,6 +78,10 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             } else {
                 publish(req, &url, env, room).await
             }
+        }
+        ["v1", "rooms", room, "disconnect"] => {
+            only(&method, &[Method::Post], "POST")?;
+            disconnect(req, &url, env, room).await
         }
         ["v1", "rooms", room] => {
             only(&method, &[Method::Get], "GET")?;
@@ -685,6 +690,26 @@ async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Resp
         &format!("{}?room={room}", rpc::path::INFO),
     )
     .await
+}
+
+/// `POST /v1/rooms/{room}/disconnect` (docs/protocol.md §14): the body is checked here,
+/// so a malformed request never wakes the room; the room closes the sockets and answers
+/// `{"closed":N}`.
+async fn disconnect(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
+    check_room(room)?;
+    let (config, verifier) = load(env)?;
+    let (tenant, body) = server_auth(&mut req, url, &config, &verifier).await?;
+    let request = DisconnectRequest::from_body(&body)?;
+    let json = serde_json::to_string(&request).map_err(|e| Error::Internal(e.to_string()))?;
+    let headers = Headers::new();
+    headers
+        .set("Content-Type", "application/json")
+        .map_err(internal)?;
+    let forward = internal_request(rpc::path::DISCONNECT, Method::Post, headers, Some(json))?;
+    room_stub(env, tenant.as_deref(), room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
 }
 
 /// Forwards a read-only request to a room and returns its answer as is.

@@ -268,6 +268,28 @@ fn error_frame_helper() {
     );
 }
 
+/// The frame a socket gets before a server-API disconnect closes it (docs/protocol.md
+/// §14): the backend's reason is the message, verbatim (quotes escaped as JSON requires,
+/// non-ASCII as it is), and `close` names the close code that follows.
+#[test]
+fn disconnected_error_frame() {
+    let reason = "removed \"for now\" — sorry";
+    let err = Error::Disconnected(reason.into());
+    let frame = ServerFrame::Disconnected {
+        code: err.code(),
+        message: reason,
+        close: 4403,
+    };
+    assert_eq!(
+        frame.to_json(),
+        r#"{"type":"error","code":"disconnected","message":"removed \"for now\" — sorry","close":4403}"#
+    );
+    assert_eq!(
+        error_frame(None, &err),
+        r#"{"type":"error","code":"disconnected","message":"removed \"for now\" — sorry"}"#
+    );
+}
+
 #[test]
 fn presence_join_and_leave() {
     let info = raw(r#"{"name":"Bob"}"#);

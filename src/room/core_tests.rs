@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::commands::disconnect::{DisconnectRequest, Target};
 use super::core::{Effect, Out, Published, RoomCore};
 use super::log::tests::{lite, Lite, V1_ROOM};
 use super::peer::Identity;
@@ -753,6 +754,148 @@ fn a_reader_without_receipts_is_estimated_to_drain_twice_the_bound_per_second() 
         25,
         "20 paced + 5 of the burst (sent while under 80 KiB unread)"
     );
+}
+
+// ---- disconnects from the server API ------------------------------------------------------
+
+fn disconnect_request(target: Target, code: u16, reason: &str) -> DisconnectRequest {
+    DisconnectRequest {
+        target,
+        code,
+        reason: reason.into(),
+    }
+}
+
+impl Fixture {
+    /// `POST /v1/rooms/{room}/disconnect`; returns how many it closed.
+    fn disconnect(&mut self, req: &DisconnectRequest) -> usize {
+        let (result, fx) = self.core.disconnect(self.now, req);
+        self.apply(fx);
+        result.closed
+    }
+
+    fn leaves(&self, h: u32) -> Vec<Value> {
+        self.frames(h, "presence")
+            .into_iter()
+            .filter(|f| f["op"] == "leave")
+            .collect()
+    }
+}
+
+#[test]
+fn a_user_disconnect_closes_every_socket_of_that_user_after_its_error_frame() {
+    let mut r = Fixture::new(limits());
+    let watcher = r.connect("w");
+    let a1 = r.connect("alice");
+    let a2 = r.connect("alice");
+    let bob = r.connect("bob");
+    let req = disconnect_request(Target::User("alice".into()), 4403, "removed from the board");
+    assert_eq!(r.disconnect(&req), 2);
+    for h in [a1, a2] {
+        assert_eq!(r.close_code(h), Some(4403));
+        let last = r
+            .inbox
+            .iter()
+            .rev()
+            .find(|(to, _)| *to == h)
+            .map(|(_, f)| f);
+        assert_eq!(
+            last,
+            Some(
+                &json!({"type":"error","code":"disconnected","message":"removed from the board","close":4403})
+            )
+        );
+        assert!(r.core.peer(&Fixture::conn(h)).is_none());
+    }
+    assert_eq!(r.close_code(bob), None);
+    assert_eq!(r.core.connections(), 2);
+    // One leave for the user, when the last of its sockets went; bob saw it too.
+    for h in [watcher, bob] {
+        let leaves = r.leaves(h);
+        assert_eq!(leaves.len(), 1, "{leaves:?}");
+        assert_eq!(leaves[0]["user"], "alice");
+    }
+    // What they might still send is not read; nobody else is touched.
+    let fx = r.send_raw(a1, r#"{"type":"publish","id":"late","event":"e"}"#);
+    assert!(fx.is_empty(), "{fx:?}");
+    r.publish(bob, "after");
+    assert_eq!(r.seqs(watcher), vec![1]);
+    // An unknown user, or one already gone, closes nothing.
+    assert_eq!(r.disconnect(&req), 0);
+    let nobody = disconnect_request(Target::User("nobody".into()), 4403, "x");
+    assert_eq!(r.disconnect(&nobody), 0);
+    assert_eq!(r.closed.len(), 2);
+}
+
+#[test]
+fn a_conn_disconnect_closes_that_connection_only_with_the_chosen_code() {
+    let mut r = Fixture::new(limits());
+    let watcher = r.connect("w");
+    let a1 = r.connect("alice");
+    let a2 = r.connect("alice");
+    let req = disconnect_request(Target::Conn(Fixture::conn(a1)), 4000, "permissions changed");
+    assert_eq!(r.disconnect(&req), 1);
+    assert_eq!(r.close_code(a1), Some(4000));
+    assert_eq!(r.close_code(a2), None);
+    assert!(r.core.peer(&Fixture::conn(a2)).is_some());
+    assert!(
+        r.leaves(watcher).is_empty(),
+        "alice is still here on her other socket"
+    );
+    let unknown = disconnect_request(Target::Conn("c_ffffffffffffffff".into()), 4000, "x");
+    assert_eq!(r.disconnect(&unknown), 0);
+    // A user's name is not a connection id, nor the other way round.
+    let by_name = disconnect_request(Target::Conn("alice".into()), 4000, "x");
+    assert_eq!(r.disconnect(&by_name), 0);
+    let by_conn = disconnect_request(Target::User(Fixture::conn(a2)), 4000, "x");
+    assert_eq!(r.disconnect(&by_conn), 0);
+    assert_eq!(r.closed.len(), 1);
+}
+
+#[test]
+fn a_disconnected_socket_gets_what_was_queued_then_the_error_then_the_close_and_stays_gone() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    // A message still queued (not flushed) when the disconnect arrives.
+    let queued = r.send_raw(b, r#"{"type":"publish","id":"q1","event":"e"}"#);
+    assert!(queued.iter().any(|e| matches!(e, Effect::Flush { .. })));
+    let req = disconnect_request(Target::User("alice".into()), 4401, "bye");
+    let (result, fx) = r.core.disconnect(r.now, &req);
+    assert_eq!(result.closed, 1);
+    let for_a: Vec<String> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { to, text } if *to == a => Some(text.clone()),
+            Effect::Attach { to, identity } if *to == a => Some(format!("gone={}", identity.gone)),
+            Effect::Close { to, code, reason } if *to == a => {
+                Some(format!("close {code} {reason}"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(for_a.len(), 4, "{for_a:?}");
+    assert!(for_a[0].contains(r#""id":"q1""#), "{for_a:?}");
+    assert_eq!(
+        for_a[1],
+        r#"{"type":"error","code":"disconnected","message":"bye","close":4401}"#
+    );
+    assert_eq!(for_a[2], "gone=true");
+    assert_eq!(for_a[3], "close 4401 disconnected");
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Log { event: "socket.kick", fields } if fields.contains(&("code", "4401".to_string()))
+    )));
+    r.apply(queued);
+    r.apply(fx);
+    // The queued message was sent to alice once (by the drop), and to nobody twice.
+    let q1 = |h: u32| {
+        r.frames(h, "message")
+            .iter()
+            .filter(|f| f["id"] == "q1")
+            .count()
+    };
+    assert_eq!((q1(a), q1(b)), (1, 0));
 }
 
 // ---- runtime failures, restore, migration ------------------------------------------------

@@ -254,6 +254,15 @@ impl Room {
                     &page.ok_or_else(|| Error::Internal("no core".into()))??,
                 )
             }
+            rpc::path::DISCONNECT => {
+                let text = req.text().await.map_err(internal)?;
+                let body: commands::disconnect::DisconnectRequest = serde_json::from_str(&text)
+                    .map_err(|e| Error::Internal(format!("bad disconnect request: {e}")))?;
+                let out = self.with_core(|c| Some(c.disconnect(now_ms(), &body)));
+                let (result, fx) = out.ok_or_else(|| Error::Internal("no core".into()))?;
+                self.settle(fx).await;
+                json_response(200, &result)
+            }
             other => Err(Error::NotFound(other.to_string())),
         }
     }

@@ -19,6 +19,9 @@ pub mod path {
     pub const INFO: &str = "/info";
     /// Message history.
     pub const HISTORY: &str = "/history";
+    /// Server disconnect of a user's sockets or one connection
+    /// ([`crate::room::commands::disconnect`]).
+    pub const DISCONNECT: &str = "/disconnect";
 }
 
 /// A verified socket, as the Worker hands it to the room.

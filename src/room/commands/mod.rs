@@ -4,6 +4,12 @@
 //!
 //! * [`publish`]: durable and ephemeral publishes.
 //! * [`received`]: read receipts for the slow-consumer bound.
+//!
+//! And one for a request of the server API that acts on sockets:
+//!
+//! * [`disconnect`]: `POST /v1/rooms/{room}/disconnect` closes a user's sockets or one
+//!   connection.
 
+pub mod disconnect;
 pub mod publish;
 pub mod received;
