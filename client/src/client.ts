@@ -12,6 +12,7 @@
 import { Emitter } from "./emitter.js";
 import {
   ID_PATTERN,
+  ROOM_PATTERN,
   RETRYABLE_PUBLISH_ERRORS,
   RoomcastError,
   backoffDelay,
@@ -100,7 +101,10 @@ interface Conn {
   id?: string;
   /** The reason this attempt's token was asked for with. */
   tokenReason: TokenContext["reason"];
-  /** An `error` frame that came before `welcome`: why the server refused this socket. */
+  /**
+   * An `error` frame that says why the server is ending this socket: before `welcome` a
+   * refusal (§10), after it a backend's disconnect (§14). Reported when the close comes.
+   */
   refusal?: { code: string; message: string };
   /** Publishes sent on this connection and not yet answered, in send order. */
   inflight: Entry[];
@@ -183,8 +187,8 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     super();
     if (!options || typeof options !== "object") throw new TypeError("Roomcast: options are required");
     const { room } = options;
-    if (typeof room !== "string" || !ID_PATTERN.test(room)) {
-      throw new TypeError(`Roomcast: invalid room name ${JSON.stringify(room)}; use [A-Za-z0-9_.:-]{1,128}`);
+    if (typeof room !== "string" || !ROOM_PATTERN.test(room)) {
+      throw new TypeError(`Roomcast: invalid room name ${JSON.stringify(room)}; use [A-Za-z0-9_.:-]{1,128}, or name@user for a personal room`);
     }
     if (typeof options.token !== "string" && typeof options.token !== "function") {
       throw new TypeError("Roomcast: `token` must be a string or a function returning one");
@@ -439,7 +443,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     const u = new URL(base);
     if (u.protocol === "http:") u.protocol = "ws:";
     else if (u.protocol === "https:") u.protocol = "wss:";
-    // Room names are [A-Za-z0-9_.:-] (checked in the constructor): path-safe as they are,
+    // Room names are [A-Za-z0-9_.:-] and one @ (checked in the constructor): path-safe as they are,
     // and the server matches the raw segment, so they must not be percent-encoded.
     u.pathname = `${u.pathname.replace(/\/+$/, "")}/v1/rooms/${this.room}/ws`;
     if (this._epoch !== null) {
@@ -711,6 +715,16 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   }
 
   private onErrorFrame(conn: Conn, f: ErrorFrame): void {
+    if (f.code === "disconnected") {
+      // A backend ended this connection (docs/protocol.md §14). The close code decides —
+      // 4400–4999 stop, 4000–4399 reconnect with backoff — and the frame names it: act on
+      // it now, as for token_expired, since the close event can trail the frame by
+      // seconds. A frame without it waits for the close. Either way the error reported
+      // carries the server's message, like a refusal's.
+      if (!conn.refusal) conn.refusal = { code: f.code, message: typeof f.message === "string" ? f.message : f.code };
+      if (typeof f.close === "number" && Number.isInteger(f.close) && f.close >= 4000 && f.close <= 4999) this.onLost(conn, f.close, "disconnected");
+      return;
+    }
     if (f.code === "token_expired") {
       // The server closes with 4001 right after this frame. Act on the frame: the close
       // event can trail it by many seconds (it waits for the server's TCP close), and the

@@ -26,6 +26,9 @@ export function backoffDelay(attempt: number, baseMs = 500, capMs = 30_000, rand
  *   4000–4399 (among them 4008 rate limited, 4009 too slow, 4029 too many connections),
  *   an unsolicited 1000 — → reconnect with backoff.
  *
+ * A backend's disconnect (§14) chooses its code from 4000–4999, so the same split says
+ * whether a disconnected client comes back.
+ *
  * An unsolicited 1000 is retried rather than obeyed: the server never sends one on its own,
  * so it comes from an intermediary or a shutting-down runtime, and stopping would leave
  * the application silently offline.
@@ -113,8 +116,15 @@ export function receiptDue(messagesSince: number, charsSince: number): boolean {
 /** Publish error codes after which the publish is tried again instead of rejected. */
 export const RETRYABLE_PUBLISH_ERRORS: ReadonlySet<string> = new Set(["rate_limited", "token_expired", "internal"]);
 
-/** Event ids and room names (§3, §5). */
+/** Event ids (§5). */
 export const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/**
+ * Room names (§3): the id characters, or a personal room `name@user` (§14) — one `@`
+ * between two runs of them — 128 characters in all. `@` is legal in a URL path, so
+ * neither form is percent-encoded.
+ */
+export const ROOM_PATTERN = /^(?=.{1,128}$)[A-Za-z0-9_.:-]+(?:@[A-Za-z0-9_.:-]+)?$/;
 
 /**
  * Every error the client reports: rejected publishes, the `error` event and the `closed`
@@ -122,7 +132,8 @@ export const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
  * `closed`, `outbox_full`, `bad_data`, `token_provider`, `handshake`, `close`,
  * `bad_server_frame`, `listener`. A connection the server refused with an `error` frame
  * (docs/protocol.md §10) carries that frame's code and message (`token_expired`,
- * `forbidden`, `too_many_connections`, …) and the close code.
+ * `forbidden`, `too_many_connections`, …) and the close code; so does one a backend ended
+ * (`disconnected`, §14), fatal when its close code stops the client.
  */
 export class RoomcastError extends Error {
   readonly code: string;

@@ -85,6 +85,8 @@ export interface ErrorFrame {
   code: string;
   message: string;
   retry_after_ms?: number;
+  /** On `disconnected` (docs/protocol.md §14): the close code that follows. */
+  close?: number;
 }
 
 export interface PresenceFrame {
