@@ -39,9 +39,11 @@ test("ephemeral messages fan out without storage, seq, history, replay or dedup"
   assert.equal(before.last_seq, 1);
   assert.ok(before.storage.rows_written > 0, `a durable publish writes rows: ${JSON.stringify(before.storage)}`);
 
-  alice.send(cursor({ x: 1 }));
-  alice.send(cursor({ x: 2 }, { id: "same" }));
-  alice.send(cursor({ x: 3 }, { id: "same" }));
+  // Three keys: sent back to back, one sender's moves of one key conflate whenever the
+  // room takes them in one burst (§11), which a loaded machine makes likely.
+  alice.send(cursor({ x: 1 }, { key: "k1" }));
+  alice.send(cursor({ x: 2 }, { id: "same", key: "k2" }));
+  alice.send(cursor({ x: 3 }, { id: "same", key: "k3" }));
   const ack = await alice.next((f) => f.type === "ack" && f.id === "same");
   assert.deepEqual(ack, { type: "ack", id: "same", ephemeral: true });
   const got = await bob.nextN((f) => f.type === "message" && f.ephemeral, 3, "ephemeral messages");
