@@ -155,8 +155,9 @@ impl<H: Clone> RoomCore<H> {
             .map(|p| p.id.conn.clone())
             .collect();
         let mut fx = Vec::new();
+        let err = Error::Disconnected(req.reason.clone());
         let last = ServerFrame::Disconnected {
-            code: Error::Disconnected(String::new()).code(),
+            code: err.code(),
             message: &req.reason,
             close: req.code,
         }
