@@ -82,6 +82,22 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             only(&method, &[Method::Get], "GET")?;
             info(req, &url, env, room).await
         }
+        ["v1", "rooms", room, "webhooks"] => {
+            only(&method, &[Method::Get], "GET")?;
+            webhooks(req, &url, env, room, Method::Get, rpc::path::WEBHOOKS).await
+        }
+        ["v1", "rooms", room, "webhooks", "retry"] => {
+            only(&method, &[Method::Post], "POST")?;
+            webhooks(
+                req,
+                &url,
+                env,
+                room,
+                Method::Post,
+                rpc::path::WEBHOOKS_RETRY,
+            )
+            .await
+        }
         ["v1", "dev", "token"] => dev_token(req, env).await,
         ["v1", "broadcast"] => {
             only(&method, &[Method::Post], "POST")?;
@@ -685,6 +701,25 @@ async fn info(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Resp
         &format!("{}?room={room}", rpc::path::INFO),
     )
     .await
+}
+
+/// `GET /v1/rooms/{room}/webhooks` and `POST /v1/rooms/{room}/webhooks/retry`.
+async fn webhooks(
+    mut req: Request,
+    url: &Url,
+    env: &Env,
+    room: &str,
+    method: Method,
+    path: &str,
+) -> Result<Response> {
+    check_room(room)?;
+    let (config, verifier) = load(env)?;
+    let (tenant, _) = server_auth(&mut req, url, &config, &verifier).await?;
+    let forward = internal_request(path, method, Headers::new(), None)?;
+    room_stub(env, tenant.as_deref(), room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
 }
 
 /// Forwards a read-only request to a room and returns its answer as is.

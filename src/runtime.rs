@@ -26,6 +26,15 @@ pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
+/// A random 32-bit number (for retry jitter).
+pub fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes = (now_ms() as u32).to_le_bytes();
+    }
+    u32::from_le_bytes(bytes)
+}
+
 /// A JSON response with the given status.
 ///
 /// # Errors

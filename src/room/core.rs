@@ -29,9 +29,10 @@ use super::rpc::{
     ConnectRequest, EphemeralResult, History, PublishRequest, PublishResult, RoomInfo,
     StorageStats, UserEntry,
 };
-use super::schedule::Schedule;
+use super::schedule::{Reason, Schedule};
+use super::webhooks::{self, Delivery, Outcome, Status};
 use crate::auth::LEEWAY_SECS;
-use crate::config::Limits;
+use crate::config::{Limits, Webhooks};
 use crate::error::{close, Error, Result};
 use crate::protocol::{
     self, check_publish, error_frame, ClientFrame, From, PresenceOp, PresenceUser, Resume,
@@ -81,6 +82,8 @@ pub enum Effect<H> {
         /// When to wake.
         at_ms: i64,
     },
+    /// POST this batch of webhooks, then report with [`RoomCore::delivered`].
+    Deliver(Delivery),
     /// Write a structured log line.
     Log {
         /// The line's `event`.
@@ -129,6 +132,14 @@ pub struct RoomCore<H> {
     schedule: Schedule,
     /// When the pending flush runs (ms), if one is pending.
     flush_due: Option<i64>,
+    /// The room's name and tenant, for webhook bodies.
+    room: String,
+    tenant: Option<String>,
+    /// The webhook outbox, when webhooks are configured.
+    hooks: Option<webhooks::Outbox>,
+    /// Webhook events produced by the current call, written by [`RoomCore::commit`] in
+    /// the same synchronous step (so the same atomic write) as what produced them.
+    hook_queue: Vec<String>,
 }
 
 impl<H: Clone> RoomCore<H> {
@@ -157,6 +168,10 @@ impl<H: Clone> RoomCore<H> {
             outbox: Outbox::default(),
             schedule: Schedule::new(alarm),
             flush_due: None,
+            room: String::new(),
+            tenant: None,
+            hooks: None,
+            hook_queue: Vec::new(),
         };
         for (handle, id) in sockets {
             if !id.gone && !core.index.contains_key(&id.conn) {
@@ -164,6 +179,38 @@ impl<H: Clone> RoomCore<H> {
             }
         }
         Ok(core)
+    }
+
+    /// Finishes a (re)start: the room's name (the Durable Object key `tenant/room`), its
+    /// webhooks, and what the alarm must wake for now that memory is fresh — the earliest
+    /// token expiry of the restored sockets, and webhooks still stored undelivered.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn start(
+        &mut self,
+        db: &dyn Sql,
+        now: i64,
+        key: &str,
+        hooks: Option<Webhooks>,
+    ) -> Result<Vec<Effect<H>>> {
+        let (tenant, room) = key.split_once('/').unwrap_or(("", key));
+        self.room = room.to_string();
+        self.tenant = (!tenant.is_empty()).then(|| tenant.to_string());
+        let mut fx = Vec::new();
+        if let Some(config) = hooks {
+            let outbox = webhooks::Outbox::open(db, config)?;
+            let pending = outbox.counts(db)?.0;
+            self.hooks = Some(outbox);
+            if pending > 0 {
+                self.want(&mut fx, Reason::Webhook, now);
+            }
+        }
+        if let Some(exp) = self.peers.iter().map(|p| p.id.exp).min() {
+            self.want_expiry(&mut fx, exp);
+        }
+        Ok(fx)
     }
 
     /// The log's epoch and last seq.
@@ -194,6 +241,12 @@ impl<H: Clone> RoomCore<H> {
 
     fn insert(&mut self, handle: H, id: Identity, now: i64) -> Change {
         let change = self.presence.add(&id);
+        if change == Change::Joined {
+            self.hook_presence("join", &id, now);
+        }
+        if self.peers.is_empty() {
+            self.hook_room("occupied", now);
+        }
         self.index.insert(id.conn.clone(), self.peers.len());
         self.peers.push(Peer {
             handle,
@@ -214,6 +267,10 @@ impl<H: Clone> RoomCore<H> {
         }
         if self.presence.remove(&peer.id) == Change::Left {
             self.announce(fx, now, PresenceOp::Leave, &peer.id);
+            self.hook_presence("leave", &peer.id, now);
+        }
+        if self.peers.is_empty() {
+            self.hook_room("vacated", now);
         }
         Some(peer)
     }
@@ -311,10 +368,7 @@ impl<H: Clone> RoomCore<H> {
         for text in texts {
             self.send_now(&mut fx, now, &conn, text);
         }
-        let due = (req.exp + LEEWAY_SECS + 1) * 1000;
-        if let Some(at_ms) = self.schedule.wake_by(due) {
-            fx.push(Effect::SetAlarm { at_ms });
-        }
+        self.want_expiry(&mut fx, req.exp);
         fx.push(log_line(
             "socket.open",
             &[("conn", conn), ("user", req.user.clone())],
@@ -379,9 +433,10 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// The alarm fired: close every socket whose token has expired (or will within
-    /// [`EXPIRY_COALESCE_SECS`]) and schedule the next expiry.
-    pub fn alarm(&mut self, now: i64) -> Vec<Effect<H>> {
-        self.schedule.fired();
+    /// [`EXPIRY_COALESCE_SECS`]), start delivering webhooks when they are due, and store
+    /// the alarm for whatever comes next.
+    pub fn alarm(&mut self, db: &dyn Sql, now: i64) -> Vec<Effect<H>> {
+        let due = self.schedule.fired(now);
         let mut fx = Vec::new();
         let horizon = now / 1000 + EXPIRY_COALESCE_SECS;
         let expired: Vec<String> = self
@@ -401,21 +456,225 @@ impl<H: Clone> RoomCore<H> {
                 Some(last),
             );
         }
+        self.schedule.cancel(Reason::Expiry);
         if let Some(exp) = self.peers.iter().map(|p| p.id.exp).min() {
-            if let Some(at_ms) = self.schedule.wake_by((exp + LEEWAY_SECS + 1) * 1000) {
-                fx.push(Effect::SetAlarm { at_ms });
-            }
+            self.want_expiry(&mut fx, exp);
         }
         fx.push(log_line(
             "room.alarm",
             &[("expired_closed", expired.len().to_string())],
         ));
+        if due.contains(&Reason::Webhook) {
+            self.deliver_next(&mut fx, db, now);
+        }
+        if let Some(at_ms) = self.schedule.rearm() {
+            fx.push(Effect::SetAlarm { at_ms });
+        }
+        fx.extend(self.commit(db, now));
         fx
     }
 
     /// Storing the alarm failed; the next request for one tries again.
     pub fn alarm_failed(&mut self) {
         self.schedule.failed();
+    }
+
+    /// Writes the webhook events the last call produced (call it right after, in the same
+    /// synchronous step, so they commit with what produced them), and asks the alarm to
+    /// deliver them unless a delivery or a retry is already under way.
+    pub fn commit(&mut self, db: &dyn Sql, now: i64) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        if self.hook_queue.is_empty() {
+            return fx;
+        }
+        let events = std::mem::take(&mut self.hook_queue);
+        let Some(hooks) = self.hooks.as_mut() else {
+            return fx;
+        };
+        for event in &events {
+            if let Err(e) = hooks.record(db, &self.head.epoch, now, event) {
+                fx.push(log_line(
+                    "webhook.record_failed",
+                    &[("detail", e.to_string())],
+                ));
+            }
+        }
+        let idle = hooks.in_flight.is_none() && hooks.attempts == 0;
+        if idle {
+            self.want(&mut fx, Reason::Webhook, now);
+        }
+        fx
+    }
+
+    /// The receiver's answer to the batch ending at `upto`; `jitter` in [0, 1) spreads the
+    /// retry. A 2xx deletes the batch and starts the next one; anything else schedules a
+    /// retry, after which events older than `WEBHOOK_MAX_AGE_SECS` become dead.
+    pub fn delivered(
+        &mut self,
+        db: &dyn Sql,
+        now: i64,
+        upto: u64,
+        outcome: &Outcome,
+        jitter: f64,
+    ) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        let Some(hooks) = self.hooks.as_mut() else {
+            return fx;
+        };
+        if webhooks::accepted(outcome) {
+            if let Err(e) = hooks.delivered(db, upto) {
+                fx.push(log_line("webhook.ack_failed", &[("detail", e.to_string())]));
+            }
+            self.deliver_next(&mut fx, db, now);
+            return fx;
+        }
+        let why = match outcome {
+            Outcome::Status(s) => format!("HTTP {s}"),
+            Outcome::Failed(e) => e.clone(),
+        };
+        let delay = hooks.failed(why.clone(), jitter);
+        let attempts = hooks.attempts;
+        match hooks.expire(db, now) {
+            Ok(0) => {}
+            Ok(n) => fx.push(log_line("webhook.dead", &[("events", n.to_string())])),
+            Err(e) => fx.push(log_line(
+                "webhook.expire_failed",
+                &[("detail", e.to_string())],
+            )),
+        }
+        fx.push(log_line(
+            "webhook.retry",
+            &[
+                ("error", why),
+                ("attempts", attempts.to_string()),
+                ("delay_ms", delay.to_string()),
+            ],
+        ));
+        self.want(&mut fx, Reason::Webhook, now + delay);
+        fx
+    }
+
+    /// `GET /v1/rooms/{room}/webhooks`.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn webhook_status(&self, db: &dyn Sql) -> Result<Status> {
+        let Some(hooks) = &self.hooks else {
+            return Ok(Status {
+                enabled: false,
+                pending: 0,
+                dead: 0,
+                next_attempt_ms: None,
+                last_error: None,
+                attempts: 0,
+            });
+        };
+        let (pending, dead) = hooks.counts(db)?;
+        Ok(Status {
+            enabled: true,
+            pending,
+            dead,
+            next_attempt_ms: self.schedule.wanted(Reason::Webhook),
+            last_error: hooks.last_error.clone(),
+            attempts: hooks.attempts,
+        })
+    }
+
+    /// `POST /v1/rooms/{room}/webhooks/retry`: dead events are queued again and delivery
+    /// is attempted at once. Returns how many were dead.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn webhook_retry(&mut self, db: &dyn Sql, now: i64) -> Result<(u64, Vec<Effect<H>>)> {
+        let mut fx = Vec::new();
+        let Some(hooks) = self.hooks.as_mut() else {
+            return Ok((0, fx));
+        };
+        let requeued = hooks.requeue(db, now)?;
+        if hooks.in_flight.is_none() {
+            self.want(&mut fx, Reason::Webhook, now);
+        }
+        Ok((requeued, fx))
+    }
+
+    fn deliver_next(&mut self, fx: &mut Vec<Effect<H>>, db: &dyn Sql, now: i64) {
+        let Some(hooks) = self.hooks.as_mut() else {
+            return;
+        };
+        if hooks.in_flight.is_some() {
+            return;
+        }
+        if let Err(e) = hooks.expire(db, now) {
+            fx.push(log_line(
+                "webhook.expire_failed",
+                &[("detail", e.to_string())],
+            ));
+        }
+        let head = (
+            self.room.as_str(),
+            self.tenant.as_deref(),
+            self.head.epoch.as_str(),
+        );
+        match hooks.next_batch(db, head, now) {
+            Ok(Some(batch)) => fx.push(Effect::Deliver(batch)),
+            Ok(None) => {
+                // Nothing left to send (all delivered, or the rest dead): the next event
+                // starts a delivery at once instead of waiting out a backoff.
+                hooks.attempts = 0;
+                self.schedule.cancel(Reason::Webhook);
+            }
+            Err(e) => {
+                fx.push(log_line(
+                    "webhook.batch_failed",
+                    &[("detail", e.to_string())],
+                ));
+                self.want(fx, Reason::Webhook, now + webhooks::MAX_BACKOFF_MS);
+            }
+        }
+    }
+
+    fn want(&mut self, fx: &mut Vec<Effect<H>>, reason: Reason, at: i64) {
+        if let Some(at_ms) = self.schedule.want(reason, at) {
+            fx.push(Effect::SetAlarm { at_ms });
+        }
+    }
+
+    /// Wakes for a token expiring at `exp` (unix seconds) unless an earlier expiry is
+    /// already wanted.
+    fn want_expiry(&mut self, fx: &mut Vec<Effect<H>>, exp: i64) {
+        let due = (exp + LEEWAY_SECS + 1) * 1000;
+        let at = self
+            .schedule
+            .wanted(Reason::Expiry)
+            .map_or(due, |w| w.min(due));
+        self.want(fx, Reason::Expiry, at);
+    }
+
+    fn hook_presence(&mut self, op: &str, id: &Identity, now: i64) {
+        if self.hooks.as_ref().is_some_and(|h| h.config.kinds.presence) {
+            let info = id.info_raw();
+            let event = webhooks::PresenceEvent {
+                kind: "presence",
+                op,
+                user: &id.user,
+                info: &info,
+                ts: now,
+            };
+            self.hook_queue.extend(serde_json::to_string(&event).ok());
+        }
+    }
+
+    fn hook_room(&mut self, op: &str, now: i64) {
+        if self.hooks.as_ref().is_some_and(|h| h.config.kinds.room) {
+            let event = webhooks::RoomEvent {
+                kind: "room",
+                op,
+                ts: now,
+            };
+            self.hook_queue.extend(serde_json::to_string(&event).ok());
+        }
     }
 
     /// A publish from the server API.
@@ -635,6 +894,18 @@ impl<H: Clone> RoomCore<H> {
         let outcome = log::append(db, &mut self.head, retention, entry)?;
         if let Appended::New(seq) = outcome {
             let frame = codec::message(seq, id, event, data, from, now);
+            let forward = self
+                .hooks
+                .as_ref()
+                .is_some_and(|h| h.config.kinds.message && h.config.forwards_event(event));
+            if forward {
+                // The webhook event is the message frame with `kind` in place of `type`.
+                let body = frame
+                    .strip_prefix(r#"{"type":"message","#)
+                    .unwrap_or(&frame);
+                self.hook_queue
+                    .push(format!(r#"{{"kind":"message",{body}"#));
+            }
             self.queue(
                 fx,
                 now,

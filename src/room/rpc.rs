@@ -19,6 +19,10 @@ pub mod path {
     pub const INFO: &str = "/info";
     /// Message history.
     pub const HISTORY: &str = "/history";
+    /// Webhook status.
+    pub const WEBHOOKS: &str = "/webhooks";
+    /// Queue dead webhooks again.
+    pub const WEBHOOKS_RETRY: &str = "/webhooks/retry";
 }
 
 /// A verified socket, as the Worker hands it to the room.
