@@ -39,9 +39,10 @@ test("ephemeral messages fan out without storage, seq, history, replay or dedup"
   assert.equal(before.last_seq, 1);
   assert.ok(before.storage.rows_written > 0, `a durable publish writes rows: ${JSON.stringify(before.storage)}`);
 
-  alice.send(cursor({ x: 1 }));
-  alice.send(cursor({ x: 2 }, { id: "same" }));
-  alice.send(cursor({ x: 3 }, { id: "same" }));
+  // Distinct keys: messages of one signal may be conflated if they meet in the queue.
+  alice.send(cursor({ x: 1 }, { key: "k1" }));
+  alice.send(cursor({ x: 2 }, { id: "same", key: "k2" }));
+  alice.send(cursor({ x: 3 }, { id: "same", key: "k3" }));
   const ack = await alice.next((f) => f.type === "ack" && f.id === "same");
   assert.deepEqual(ack, { type: "ack", id: "same", ephemeral: true });
   const got = await bob.nextN((f) => f.type === "message" && f.ephemeral, 3, "ephemeral messages");
@@ -54,6 +55,7 @@ test("ephemeral messages fan out without storage, seq, history, replay or dedup"
   }
   assert.equal(got[0].id, undefined, "an id only when the publisher gave one");
   assert.equal(got[1].id, "same");
+  assert.deepEqual(got.map((m) => m.key), ["k1", "k2", "k3"]);
 
   // The server API: no id needed.
   const body = JSON.stringify({ ephemeral: true, event: "typing", data: { on: true } });
