@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 
 use super::codec;
+use super::counters::Counters;
 use super::limits::ConnState;
 use super::log::{self, Appended, Entry, Head, Retention, Sql};
 use super::outbox::{self, presence_delay_ms, Conflation, Outbox, Payload, To};
@@ -140,6 +141,8 @@ pub struct RoomCore<H> {
     /// Webhook events produced by the current call, written by [`RoomCore::commit`] in
     /// the same synchronous step (so the same atomic write) as what produced them.
     hook_queue: Vec<String>,
+    /// What an operator sees (`info`).
+    pub(in crate::room) counters: Counters,
 }
 
 impl<H: Clone> RoomCore<H> {
@@ -172,6 +175,10 @@ impl<H: Clone> RoomCore<H> {
             tenant: None,
             hooks: None,
             hook_queue: Vec::new(),
+            counters: Counters {
+                since_ms: now,
+                ..Counters::default()
+            },
         };
         for (handle, id) in sockets {
             if !id.gone && !core.index.contains_key(&id.conn) {
@@ -294,6 +301,7 @@ impl<H: Clone> RoomCore<H> {
     ) -> Result<Vec<Effect<H>>> {
         let existing = self.presence.sockets_of(&req.user);
         if existing >= self.limits.max_connections_per_user as usize {
+            self.counters.rejected("too_many_connections");
             return Err(Error::TooManyConnections(format!(
                 "user {:?} already has {existing} sockets in this room; MAX_CONNECTIONS_PER_USER is {}",
                 req.user, self.limits.max_connections_per_user
@@ -333,6 +341,8 @@ impl<H: Clone> RoomCore<H> {
         if self.insert(to.clone(), id.clone(), now) == Change::Joined {
             self.announce(&mut fx, now, PresenceOp::Join, &id);
         }
+        self.counters.connects += 1;
+        self.counters.peak_connections = self.counters.peak_connections.max(self.peers.len());
         let infos: Vec<(&String, Box<RawValue>)> = self
             .presence
             .users()
@@ -753,6 +763,7 @@ impl<H: Clone> RoomCore<H> {
                 outbox::bytes(batch.shared(true)),
             ];
             let (mut failed, mut slow) = (Vec::new(), Vec::new());
+            let (mut sends, mut deliveries) = (0u64, 0u64);
             for peer in &mut self.peers {
                 let watches = peer.id.presence;
                 let conn = peer.id.conn.as_str();
@@ -795,14 +806,19 @@ impl<H: Clone> RoomCore<H> {
                 };
                 if send(&peer.handle, out) {
                     peer.flow.sent(&limits, now, msgs as u64, bytes);
+                    sends += msgs as u64;
+                    deliveries += batch.frames(&payload, conn, peer.since, watches) as u64;
                 } else {
                     failed.push(peer.id.conn.clone());
                 }
             }
+            self.counters.sends += sends;
+            self.counters.deliveries += deliveries;
             // A socket whose send throws is closing already (workerd ignores sends to a
             // socket whose peer vanished): forget it; its close event finds nothing.
             for conn in failed {
                 if let Some(peer) = self.remove(&mut fx, now, &conn) {
+                    self.counters.kicked(close::INTERNAL);
                     fx.push(Effect::Close {
                         to: peer.handle,
                         code: close::INTERNAL,
@@ -828,7 +844,12 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// `GET /v1/rooms/{room}`.
-    pub fn info(&self, room: String, storage: StorageStats) -> RoomInfo {
+    pub fn info(&self, db: &dyn Sql, room: String, storage: StorageStats) -> RoomInfo {
+        let webhooks = self
+            .hooks
+            .as_ref()
+            .and_then(|h| h.counts(db).ok())
+            .map(|(pending, dead)| super::rpc::WebhookBacklog { pending, dead });
         RoomInfo {
             room,
             epoch: self.head.epoch.clone(),
@@ -845,6 +866,8 @@ impl<H: Clone> RoomCore<H> {
                 })
                 .collect(),
             storage,
+            counters: self.counters.clone(),
+            webhooks,
         }
     }
 
@@ -892,6 +915,10 @@ impl<H: Clone> RoomCore<H> {
             ts: now,
         };
         let outcome = log::append(db, &mut self.head, retention, entry)?;
+        match outcome {
+            Appended::New(_) => self.counters.messages += 1,
+            Appended::Duplicate(_) => self.counters.duplicates += 1,
+        }
         if let Appended::New(seq) = outcome {
             let frame = codec::message(seq, id, event, data, from, now);
             let forward = self
@@ -927,6 +954,7 @@ impl<H: Clone> RoomCore<H> {
         from: Option<&From>,
         except: Option<&str>,
     ) {
+        self.counters.ephemeral += 1;
         let frame = codec::ephemeral(s.id, s.event, s.key, s.data, from, now);
         let signal: Conflation = (
             from.map(|f| f.conn.clone()),
@@ -1023,6 +1051,7 @@ impl<H: Clone> RoomCore<H> {
                 &[("conn", conn.to_string()), ("detail", detail.clone())],
             ));
         }
+        self.counters.rejected(err.code());
         let frame = error_frame(id, err);
         if let Some(code) = err.close_code() {
             self.drop_peer(fx, now, conn, code, err.code(), Some(frame));
@@ -1086,6 +1115,7 @@ impl<H: Clone> RoomCore<H> {
         let Some(peer) = self.remove(fx, now, conn) else {
             return;
         };
+        self.counters.kicked(code);
         for text in texts {
             fx.push(Effect::Send {
                 to: peer.handle.clone(),

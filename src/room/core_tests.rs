@@ -1136,3 +1136,54 @@ fn a_restarted_room_delivers_what_it_had_stored() {
     });
     assert!(batch.is_some_and(|b| b.body.contains(r#""id":"before""#)));
 }
+
+// ---- what an operator sees ----------------------------------------------------------------
+
+#[test]
+fn counters_follow_what_happened_since_the_start() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_burst: 2,
+        rate_limit_per_sec: 1,
+        max_connections_per_user: 1,
+        ..limits()
+    });
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    assert!(r.try_connect(Fixture::request("bob")).is_err());
+    r.publish(a, "m1");
+    r.publish(b, "m1"); // duplicate
+    r.send(
+        a,
+        json!({"type":"publish","ephemeral":true,"event":"cursor"}),
+    );
+    r.send(b, json!({"type":"nope"}));
+    let frames: Vec<Value> = (0..5)
+        .map(|i| json!({"type":"publish","id":format!("x{i}"),"event":"e"}))
+        .collect();
+    r.send(a, Value::Array(frames)); // refused until kicked with 4008
+    let c = &r.core.counters;
+    assert_eq!(
+        (
+            c.messages,
+            c.duplicates,
+            c.ephemeral,
+            c.connects,
+            c.peak_connections
+        ),
+        (1, 1, 1, 2, 2)
+    );
+    assert_eq!(c.rejections.get("too_many_connections"), Some(&1));
+    assert_eq!(c.rejections.get("unknown_type"), Some(&1));
+    assert_eq!(c.rejections.get("rate_limited"), Some(&2));
+    assert_eq!(c.kicks.get(&4008), Some(&1));
+    // m1 to bob, the cursor to bob, the ack-free duplicate: two frames reached other sockets,
+    // plus each socket's own acks and errors.
+    assert!(c.deliveries >= 2 && c.sends >= 2, "{c:?}");
+    assert_eq!(c.since_ms, NOW);
+    let info = r.core.info(&r.db, "lobby".into(), Default::default());
+    assert_eq!(info.counters, r.core.counters);
+    assert!(
+        info.webhooks.is_none(),
+        "no webhook backlog without webhooks"
+    );
+}

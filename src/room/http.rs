@@ -48,7 +48,10 @@ impl Room {
                 let stats = self.shared.stats.get();
                 let room = query("room").unwrap_or_default();
                 let core = self.shared.core.borrow();
-                let info = core.as_ref().ok_or_else(no_core)?.info(room, stats);
+                let info = core
+                    .as_ref()
+                    .ok_or_else(no_core)?
+                    .info(&self.shared.db(), room, stats);
                 json_response(200, &info)
             }
             rpc::path::HISTORY => {

@@ -21,6 +21,7 @@ pub mod commands;
 pub mod core;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod core_tests;
+pub mod counters;
 mod http;
 pub mod limits;
 pub mod log;

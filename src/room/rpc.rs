@@ -107,7 +107,7 @@ pub struct UserEntry {
 }
 
 /// The room's answer to an info request.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct RoomInfo {
     /// Room name.
     pub room: String,
@@ -121,6 +121,20 @@ pub struct RoomInfo {
     pub users: Vec<UserEntry>,
     /// The room's SQLite traffic since the object started.
     pub storage: StorageStats,
+    /// What happened in the room since the object started.
+    pub counters: super::counters::Counters,
+    /// The webhook outbox, when webhooks are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookBacklog>,
+}
+
+/// Webhook events waiting, in `GET /v1/rooms/{room}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookBacklog {
+    /// Not delivered yet.
+    pub pending: u64,
+    /// Dead (older than `WEBHOOK_MAX_AGE_SECS`).
+    pub dead: u64,
 }
 
 /// Rows the room's SQLite statements read and wrote (the runtime's `rowsRead` and
