@@ -764,7 +764,21 @@ impl<H: Clone> RoomCore<H> {
             ];
             let (mut failed, mut slow) = (Vec::new(), Vec::new());
             let (mut sends, mut deliveries) = (0u64, 0u64);
-            for peer in &mut self.peers {
+            // The two least unread among sockets that send receipts: each socket is
+            // measured against the best of the others (see `Flow::over`).
+            let mut best: [(u64, usize); 2] = [(u64::MAX, usize::MAX); 2];
+            for (i, p) in self.peers.iter().enumerate() {
+                if let Some(unread) = p.flow.confirmed_pending() {
+                    if unread < best[0].0 {
+                        best = [(unread, i), best[0]];
+                    } else if unread < best[1].0 {
+                        best[1] = (unread, i);
+                    }
+                }
+            }
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                let others = if best[0].1 == i { best[1].0 } else { best[0].0 };
+                let baseline = if others == u64::MAX { 0 } else { others };
                 let watches = peer.id.presence;
                 let conn = peer.id.conn.as_str();
                 let mut payload = batch.payload(conn, peer.since, watches);
@@ -786,12 +800,12 @@ impl<H: Clone> RoomCore<H> {
                         payload = durable;
                         (msgs, bytes) = size(&payload);
                     }
-                    // Closed only once what it has already left unread is over the bound:
-                    // a socket that kept up takes one batch of any size, since a room
-                    // catching up after a stall sends healthy readers more than the bound
-                    // at once.
-                    if peer.flow.over(&limits, now) {
-                        slow.push(peer.id.conn.clone());
+                    // Closed only once what it has already left unread is over the bound
+                    // (beyond the best of its peers): a socket that kept up takes one
+                    // batch of any size, since a room catching up after a stall sends
+                    // healthy readers more than the bound at once.
+                    if peer.flow.over(&limits, now, baseline) {
+                        slow.push((peer.id.conn.clone(), baseline));
                         continue;
                     }
                 }
@@ -826,7 +840,7 @@ impl<H: Clone> RoomCore<H> {
                     });
                 }
             }
-            for conn in slow {
+            for (conn, baseline) in slow {
                 let pending = self.peer(&conn).map_or(0, |p| p.flow.pending(&limits, now));
                 fx.push(log_line(
                     "socket.kick",
@@ -835,6 +849,7 @@ impl<H: Clone> RoomCore<H> {
                         ("code", close::TOO_SLOW.to_string()),
                         ("reason", "too slow".into()),
                         ("pending_bytes", pending.to_string()),
+                        ("baseline_bytes", baseline.to_string()),
                     ],
                 ));
                 self.drop_peer(&mut fx, now, &conn, close::TOO_SLOW, "too_slow", None);

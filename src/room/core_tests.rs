@@ -1187,3 +1187,55 @@ fn counters_follow_what_happened_since_the_start() {
         "no webhook backlog without webhooks"
     );
 }
+
+#[test]
+fn a_room_that_falls_behind_does_not_close_readers_that_keep_up_with_it() {
+    let mut r = Fixture::new(Limits {
+        max_pending_bytes: 16 * 1024,
+        rate_limit_burst: 1000,
+        rate_limit_per_sec: 1000,
+        ..limits()
+    });
+    let publisher = r.connect("pub");
+    let readers: Vec<u32> = (0..3).map(|i| r.connect(&format!("r{i}"))).collect();
+    let stalled = r.connect("stalled");
+    for &h in readers.iter().chain([&stalled]) {
+        r.send(h, json!({"type":"received","messages":1}));
+    }
+    // The room is behind: receipts wait behind its backlog, so every reader's unread grows
+    // together past the bound, batch after batch.
+    for i in 0..6 {
+        let frame = json!({"type":"publish","id":format!("b{i}"),"event":"e","data":kib(10)});
+        r.send(publisher, frame);
+    }
+    for &h in readers.iter().chain([&stalled]) {
+        assert_eq!(
+            r.close_code(h),
+            None,
+            "all equally behind: nobody is the slow one"
+        );
+        assert_eq!(r.seqs(h).len(), 6);
+    }
+    // The room catches up: the readers' receipts arrive; the stalled one's never does.
+    for &h in &readers {
+        let n = r.messages.iter().filter(|(to, _)| *to == h).count();
+        r.send(h, json!({"type":"received","messages":n}));
+    }
+    for i in 0..3 {
+        let frame = json!({"type":"publish","id":format!("c{i}"),"event":"e","data":kib(10)});
+        r.send(publisher, frame);
+        for &h in &readers {
+            let n = r.messages.iter().filter(|(to, _)| *to == h).count();
+            r.send(h, json!({"type":"received","messages":n}));
+        }
+    }
+    assert_eq!(
+        r.close_code(stalled),
+        Some(4009),
+        "behind its peers by more than the bound"
+    );
+    for &h in &readers {
+        assert_eq!(r.close_code(h), None);
+        assert_eq!(r.seqs(h).len(), 9);
+    }
+}
