@@ -542,7 +542,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       ws = new (this.WS as WebSocketConstructor)(this.endpoint(base, "ws"), [SUBPROTOCOL, `roomcast.bearer.${token}`]);
     } catch (err) {
       this.emitError(new RoomcastError("handshake", `could not open a WebSocket: ${errorMessage(err)}`, { cause: err }));
-      this.failedToOpen("WebSocket constructor failed");
+      this.failedToOpen("WebSocket constructor failed", { immediate: true });
       return;
     }
     const conn = this.newConn("websocket", token, base, tokenReason);
@@ -571,7 +571,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       es = new (this.ES as EventSourceConstructor)(url);
     } catch (err) {
       this.emitError(new RoomcastError("handshake", `could not open an EventSource: ${errorMessage(err)}`, { cause: err }));
-      this.failedToOpen("EventSource constructor failed");
+      this.failedToOpen("EventSource constructor failed", { immediate: true });
       return;
     }
     const conn = this.newConn("sse", token, base, tokenReason);
@@ -784,7 +784,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       // Nothing of ours was heard on this transport: not a refusal (an error frame or a
       // refusal body), not a close code of the protocol. It could not open.
       if (this.tokenReason !== "expired") this.tokenReason = "reconnect";
-      this.failedToOpen(httpStatus !== undefined ? `HTTP ${httpStatus}` : reason, code);
+      this.failedToOpen(httpStatus !== undefined ? `HTTP ${httpStatus}` : reason, { code });
       return;
     }
     const refusal = conn.refusal;
@@ -822,15 +822,14 @@ export class Roomcast extends Emitter<RoomcastEvents> {
    * `fallbackAfter` times in a row (a constructor that throws: once), then the next one at
    * once; after the last, the first again, with backoff.
    */
-  private failedToOpen(reason: string, code?: number): void {
+  private failedToOpen(reason: string, { code, immediate = false }: { code?: number; immediate?: boolean } = {}): void {
     const detail = { ...(code !== undefined ? { code } : {}), reason };
     if (!this.auto || this.proven) {
       this.scheduleRetry(detail);
       return;
     }
     this.openFailures++;
-    const thrown = code === undefined;
-    if (!thrown && this.openFailures < this.fallbackAfter) {
+    if (!immediate && this.openFailures < this.fallbackAfter) {
       this.scheduleRetry(detail);
       return;
     }
@@ -839,6 +838,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     if (this.transportIndex + 1 >= this.transports.length) {
       this.transportIndex = 0;
       if (this.transport !== previous) this.emit("transport", this.transport, { previous, reason });
+      if (this.stopped) return;
       this.scheduleRetry(detail);
       return;
     }
