@@ -13,7 +13,7 @@
 //! * [`log`]: sequence, dedup and history in SQLite; [`codec`]: records → wire frames.
 //! * [`outbox`]: queues, coalescing, conflation; [`limits`]: buckets and strikes.
 //! * [`sockets`] and [`sql`]: the runtime side (sends, timers, attachments, storage).
-//! * [`rpc`]: the Worker ↔ room requests.
+//! * [`rpc`]: the Worker ↔ room requests; `requests`: the object's answers to them.
 
 pub mod codec;
 pub mod commands;
@@ -25,6 +25,7 @@ pub mod log;
 pub mod outbox;
 pub mod peer;
 pub mod presence;
+mod requests;
 pub mod rpc;
 pub mod schedule;
 pub mod sockets;
@@ -32,14 +33,13 @@ pub mod sql;
 
 use worker::{
     durable_object, DurableObject, Env, Request, Response, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair,
+    WebSocketIncomingMessage,
 };
 
-use self::core::{Effect, Published, RoomCore};
+use self::core::{Effect, RoomCore};
 use crate::config::Limits;
 use crate::error::{close, Error, Result};
-use crate::runtime::{json_response, log_line, now_ms, random_id};
-use rpc::ConnectRequest;
+use crate::runtime::{log_line, now_ms, random_id};
 use sockets::Shared;
 use sql::{DoSql, Stats};
 
@@ -210,80 +210,6 @@ impl Room {
         }
         let fx = self.with_core(|core| core.closed(now_ms(), &id.conn));
         self.settle(fx).await;
-    }
-
-    async fn route(&self, mut req: Request) -> Result<Response> {
-        let url = req.url().map_err(internal)?;
-        let query = |name: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
-        let number = |name: &str| query(name).and_then(|v| v.parse::<u64>().ok());
-        match url.path() {
-            rpc::path::CONNECT => self.accept(&req).await,
-            rpc::path::PUBLISH => {
-                // Read text and parse with serde_json: `Request::json` goes through a JS
-                // value, which cannot carry the raw `data` payload.
-                let text = req.text().await.map_err(internal)?;
-                let body: rpc::PublishRequest = serde_json::from_str(&text)
-                    .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
-                let db = self.sql();
-                let out = self.with_core(|c| Some(c.publish(&db, now_ms(), &body)));
-                let (published, fx) = out.ok_or_else(|| Error::Internal("no core".into()))??;
-                self.settle(fx).await;
-                match published {
-                    Published::Durable(r) => json_response(200, &r),
-                    Published::Ephemeral(r) => json_response(200, &r),
-                }
-            }
-            rpc::path::INFO => {
-                let stats = self.stats.get();
-                let room = query("room").unwrap_or_default();
-                let info = self.with_core(|c| Some(c.info(room, stats)));
-                json_response(200, &info.ok_or_else(|| Error::Internal("no core".into()))?)
-            }
-            rpc::path::HISTORY => {
-                let since = number("since").unwrap_or(0);
-                let limit = number("limit").unwrap_or(u64::from(rpc::DEFAULT_HISTORY_PAGE));
-                let limit = u32::try_from(limit).unwrap_or(rpc::MAX_HISTORY_PAGE);
-                let db = self.sql();
-                let page = self.with_core(|c| Some(c.history(&db, since, limit)));
-                json_response(
-                    200,
-                    &page.ok_or_else(|| Error::Internal("no core".into()))??,
-                )
-            }
-            other => Err(Error::NotFound(other.to_string())),
-        }
-    }
-
-    async fn accept(&self, req: &Request) -> Result<Response> {
-        let header = req
-            .headers()
-            .get(rpc::SESSION_HEADER)
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::Internal("connect without session".into()))?;
-        let c: ConnectRequest = serde_json::from_str(&header)
-            .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
-        let pair = WebSocketPair::new().map_err(internal)?;
-        let (db, conn) = (self.sql(), random_id("c_"));
-        let server = pair.server.clone();
-        let fx = self
-            .with_core(|core| Some(core.connect(&db, now_ms(), server, conn, &c)))
-            .ok_or_else(|| Error::Internal("no core".into()))??;
-        // No tags: the core answers every lookup, and the attachment (the first effect)
-        // carries what survives hibernation.
-        self.state.accept_web_socket(&pair.server);
-        self.settle(fx).await;
-        let mut resp = Response::from_websocket(pair.client).map_err(internal)?;
-        if c.subprotocol {
-            resp.headers_mut()
-                .set("Sec-WebSocket-Protocol", crate::router::SUBPROTOCOL)
-                .map_err(internal)?;
-        }
-        Ok(resp)
     }
 }
 
