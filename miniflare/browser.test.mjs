@@ -215,20 +215,27 @@ test("two pages share chat, cursors and presence, and a cut connection recovers 
  * which is the failure). Returns what the page saw: provider calls, sockets created, the
  * final state and the error it stopped with.
  */
-async function refusedInBrowser(room, tok) {
+async function refusedInBrowser(room, tok, transport = "auto") {
   const page = await browser.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e));
   await page.goto(`${base}/healthz`); // any page of the origin; the SDK comes from /sdk/
   const seen = await page.evaluate(
-    async ({ room, tok }) => {
+    async ({ room, tok, transport }) => {
       const { Roomcast } = await import("/sdk/index.js");
       const backoff = { baseMs: 50, capMs: 200, stableMs: 2000 };
       let sockets = 0;
+      let streams = 0;
       class CountingWebSocket extends WebSocket {
         constructor(...args) {
           super(...args);
           sockets++;
+        }
+      }
+      class CountingEventSource extends EventSource {
+        constructor(...args) {
+          super(...args);
+          streams++;
         }
       }
       const reasons = [];
@@ -240,6 +247,8 @@ async function refusedInBrowser(room, tok) {
           return tok;
         },
         WebSocket: CountingWebSocket,
+        EventSource: CountingEventSource,
+        transport,
         backoff,
       });
       const stopped = await new Promise((resolve) => {
@@ -250,9 +259,9 @@ async function refusedInBrowser(room, tok) {
           resolve(detail.error ?? {});
         });
       });
-      const at = { sockets, reasons: reasons.length };
+      const at = { sockets, streams, reasons: reasons.length };
       const deadline = Date.now() + 5 * backoff.capMs;
-      while (Date.now() < deadline && sockets === at.sockets && reasons.length === at.reasons) {
+      while (Date.now() < deadline && sockets === at.sockets && streams === at.streams && reasons.length === at.reasons) {
         await new Promise((r) => setTimeout(r, 10));
       }
       const result = {
@@ -261,11 +270,14 @@ async function refusedInBrowser(room, tok) {
         reasons,
         sockets,
         socketsAtStop: at.sockets,
+        streams,
+        streamsAtStop: at.streams,
+        transport: client.transport,
       };
       client.close();
       return result;
     },
-    { room, tok },
+    { room, tok, transport },
   );
   await page.close();
   assert.deepEqual(errors, []);
@@ -292,6 +304,19 @@ test("in Chromium, a token without read permission stops the SDK at once with fo
   assert.match(seen.error.message, /no "read" permission on room/);
   assert.deepEqual(seen.reasons, ["connect"]);
   assert.equal(seen.sockets, 1);
+});
+
+test("in Chromium over SSE, whose EventSource hides HTTP statuses, the SDK reads refusals with fetch: forbidden stops, an expired token is refreshed once", async () => {
+  const forbidden = await refusedInBrowser(`demo-${randomUUID().slice(0, 8)}`, await token({ sub: "ada", rooms: { "other-*": ["read"] } }), "sse");
+  assert.equal(forbidden.state, "closed");
+  assert.deepEqual([forbidden.error.code, forbidden.error.fatal, forbidden.error.closeCode], ["forbidden", true, 4403]);
+  assert.deepEqual([forbidden.sockets, forbidden.streams, forbidden.streamsAtStop, forbidden.transport], [0, 1, 1, "sse"]);
+
+  const expired = await refusedInBrowser(`demo-${randomUUID().slice(0, 8)}`, await userToken("ada", { exp: now() - 120 }), "sse");
+  assert.equal(expired.state, "closed");
+  assert.deepEqual([expired.error.code, expired.error.fatal], ["token_expired", true]);
+  assert.deepEqual(expired.reasons, ["connect", "expired"]);
+  assert.deepEqual([expired.streams, expired.streamsAtStop], [2, 2]);
 });
 
 // ---- a network that refuses WebSockets (issue 12) ------------------------------------------
