@@ -394,3 +394,54 @@ test("longpoll: a poll cut by the network resumes from its position; forbidden s
   await forbidden.closed();
   assert.deepEqual([forbidden.errors.at(-1).code, forbidden.errors.at(-1).fatal], ["forbidden", true]);
 });
+
+// ---- resync -----------------------------------------------------------------------------
+
+test("sse and long-poll: away for longer than the history holds → resync not_recovered, then live again", async () => {
+  const short = await start({ bindings: { HISTORY_LIMIT: "10" } });
+  try {
+    for (const transport of ["sse", "longpoll"]) {
+      const room = uid(transport);
+      let offline = false;
+      const net = async (url, init) => {
+        if (offline) throw new TypeError("fetch failed: network is down");
+        return fetch(url, init);
+      };
+      class NetEventSource extends EventSource {
+        constructor(url, init) {
+          super(url, { ...init, fetch: net });
+        }
+      }
+      const client = new Roomcast({ url: short.base, room, token: () => userToken("ivy"), transport, EventSource: NetEventSource, fetch: net, pollTimeoutSecs: 2, ...FAST });
+      live.add(client);
+      const messages = [];
+      const resyncs = [];
+      client.on("message", (m) => messages.push(m));
+      client.on("resync", (r) => resyncs.push(r));
+      await when(client, "state", (s) => s === "open");
+      const publish = async (prefix, n) => {
+        for (let i = 1; i <= n; i++) {
+          const res = await signedFetch(short.base, "POST", `/v1/rooms/${room}/messages`, JSON.stringify({ id: `${prefix}-${i}`, event: "chat", data: { i } }));
+          assert.equal(res.status, 200);
+        }
+      };
+      await publish("a", 3);
+      await until(() => messages.length === 3, `${transport}: three`);
+      offline = true;
+      if (transport === "sse") client.reconnect(); // the stream is cut; reconnecting fails while offline
+      await when(client, "state", (s) => s === "reconnecting");
+      await publish("b", 80);
+      offline = false;
+      await when(client, "resync", () => true, 20_000);
+      assert.deepEqual(resyncs.map((r) => [r.reason, r.previousSeq, r.seq]), [["not_recovered", 3, 83]], transport);
+      await publish("c", 2);
+      await until(() => messages.length === 5, `${transport}: live after the resync`);
+      assert.deepEqual(messages.map((m) => m.seq), [1, 2, 3, 84, 85], transport);
+      client.close();
+    }
+  } finally {
+    for (const c of live) c.close();
+    live.clear();
+    await short.mf.dispose();
+  }
+});
