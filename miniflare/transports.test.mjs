@@ -305,19 +305,39 @@ test("sse: token expiry ends the stream with event close 4001", async () => {
   assert.equal(s.error, undefined);
 });
 
-test("sse: a stream the room finds too slow ends with event close 4009 and resumes", async () => {
+test("sse: the relay's receipts keep a reading stream within a small bound; a stalled one ends with event close 4009 and resumes", async () => {
   const room = uid("slowsse");
   const tok = await userToken("sly");
-  const limited = await start({ bindings: { MAX_PENDING_BYTES: "16384" } });
+  const limited = await start({ bindings: { MAX_PENDING_BYTES: "65536" } });
   try {
-    // A reader that never reads: the body is opened and then left alone.
+    // A stream that reads: 1.2 MB as fast as the test can publish. Estimated without
+    // receipts (drained at 2 × 64 KiB/s, 8 × 64 KiB allowed) it would be closed once
+    // publishing outran 128 KiB/s; the relay's receipts (every 16 KiB here) keep it open.
+    const readingRoom = uid("reading");
+    const reader = await sse(limited.base, readingRoom, tok);
+    const chunk = "y".repeat(8000);
+    for (let i = 0; i < 150; i++) {
+      const body = JSON.stringify({ id: `r-${i}`, event: "e", data: chunk });
+      assert.equal((await signedFetch(limited.base, "POST", `/v1/rooms/${readingRoom}/messages`, body)).status, 200);
+    }
+    const read = await reader.nextN((e) => e.event === "message", 150, "150 messages");
+    assert.deepEqual(seqsOf(read), range(1, 150));
+    assert.equal(reader.events.filter((e) => e.event === "close").length, 0, "not closed as too slow");
+    assert.ok(!limited.logs.some((l) => l.event === "socket.kick" && l.conn === reader.welcome.conn));
+    await reader.abort();
+
+    // A reader that never reads: the body is opened and then left alone. What the
+    // runtime manages to write into the connection's buffers counts as read (it has left
+    // the runtime); once those are full, the room's count grows and it closes the stream.
     const controller = new AbortController();
     const res = await fetch(`${limited.base}/v1/rooms/${room}/events`, { headers: bearer(tok), signal: controller.signal });
     assert.equal(res.status, 200);
-    const big = "x".repeat(4000);
+    const kicked = () => limited.logs.some((l) => l.event === "socket.kick" && l.code === "4009");
+    // One at a time, so that each flush sends one message well under the bound: the
+    // close is the stall's doing, not a single oversized batch's.
     const results = [];
-    for (let i = 0; i < 300 && !limited.logs.some((l) => l.event === "socket.kick" && l.code === "4009"); i++) {
-      const body = JSON.stringify({ id: `big-${i}`, event: "e", data: big });
+    for (let i = 0; i < 4000 && !kicked(); i++) {
+      const body = JSON.stringify({ id: `big-${i}`, event: "e", data: chunk });
       results.push(await (await signedFetch(limited.base, "POST", `/v1/rooms/${room}/messages`, body)).json());
     }
     const kick = await limited.nextLog((l) => l.event === "socket.kick" && l.code === "4009", { what: "the 4009 kick" });

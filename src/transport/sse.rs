@@ -27,10 +27,17 @@ use crate::router::{authorize_user, header, internal, load, presence_query, resu
 use crate::runtime::now_ms;
 
 /// The relay sends a receipt after this many room messages were handed to the client's
-/// stream (or [`RECEIPT_BYTES`], whichever comes first): the SDK's cadence on WebSockets.
+/// stream (or [`receipt_bytes`], whichever comes first): the SDK's cadence on WebSockets.
 pub const RECEIPT_MESSAGES: u64 = 256;
-/// See [`RECEIPT_MESSAGES`].
+/// See [`receipt_bytes`].
 pub const RECEIPT_BYTES: u64 = 128 * 1024;
+
+/// Bytes between receipts: the SDK's 128 KiB, or a quarter of `MAX_PENDING_BYTES` when
+/// that is smaller — a receipt must come well before the unread bytes it leaves
+/// uncounted reach the bound, or a reader that keeps up would be closed as too slow.
+pub fn receipt_bytes(max_pending_bytes: usize) -> u64 {
+    RECEIPT_BYTES.min((max_pending_bytes as u64 / 4).max(1))
+}
 
 /// The keep-alive comment.
 pub const KEEPALIVE: &str = ": keepalive\n\n";
@@ -145,7 +152,8 @@ pub async fn serve(req: &Request, url: &Url, env: &Env, room: &str) -> Result<Re
     ] {
         headers.set(name, value).map_err(internal)?;
     }
-    let body = stream::unfold(Pump::new(relay, keepalive), Pump::pull);
+    let every = receipt_bytes(config.limits.max_pending_bytes);
+    let body = stream::unfold(Pump::new(relay, keepalive, every), Pump::pull);
     Ok(Response::from_stream(body)
         .map_err(internal)?
         .with_headers(headers))
@@ -162,13 +170,15 @@ struct Pump {
     /// last receipt reported.
     handed: (u64, u64),
     reported: (u64, u64),
+    /// Bytes between receipts.
+    receipt_every: u64,
     done: bool,
 }
 
 type Chunk = std::result::Result<Vec<u8>, worker::Error>;
 
 impl Pump {
-    fn new(relay: Relay, keepalive: Duration) -> Self {
+    fn new(relay: Relay, keepalive: Duration, receipt_every: u64) -> Self {
         Pump {
             relay,
             encoder: Encoder::default(),
@@ -176,6 +186,7 @@ impl Pump {
             last_write: now_ms(),
             handed: (0, 0),
             reported: (0, 0),
+            receipt_every,
             done: false,
         }
     }
@@ -227,7 +238,9 @@ impl Pump {
     /// Reports what the client's stream has taken, at the SDK's cadence.
     fn receipt(&mut self) {
         let (msgs, bytes) = self.handed;
-        if msgs >= self.reported.0 + RECEIPT_MESSAGES || bytes >= self.reported.1 + RECEIPT_BYTES {
+        if msgs >= self.reported.0 + RECEIPT_MESSAGES
+            || bytes >= self.reported.1 + self.receipt_every
+        {
             self.relay
                 .send(&format!(r#"{{"type":"received","messages":{msgs}}}"#));
             self.reported = self.handed;
@@ -272,6 +285,13 @@ mod tests {
             "event: message\ndata: {\"data\":{\ndata: \"a\":1\ndata: }}\n\n"
         );
         assert!(!out.contains('\r'));
+    }
+
+    #[test]
+    fn receipts_come_at_the_sdk_cadence_or_a_quarter_of_a_small_bound() {
+        assert_eq!(receipt_bytes(1 << 20), 128 * 1024);
+        assert_eq!(receipt_bytes(16_384), 4096);
+        assert_eq!(receipt_bytes(1), 1);
     }
 
     #[test]
