@@ -207,6 +207,11 @@ test("sse: resume by Last-Event-ID after a cut while messages keep arriving: not
   const after = await second.nextN((e) => e.event === "message", TOTAL - before.length, "the rest");
   assert.deepEqual([...seqsOf(before), ...seqsOf(after)], range(1, TOTAL));
   assert.equal(second.welcomeId, lastId, "the resumed welcome carries the position it resumed from");
+  // ?since=&epoch= resumes the same way (an EventSource made with them in its URL).
+  const byQuery = await sse(env.base, room, await userToken("rex"), { query: `since=${TOTAL - 5}&epoch=${epoch}` });
+  assert.deepEqual(byQuery.welcome.resume, { requested: true, recovered: true, replayed: 5 });
+  assert.deepEqual(seqsOf(await byQuery.nextN((e) => e.event === "message", 5, "the replay")), range(TOTAL - 4, TOTAL));
+  await byQuery.abort();
   // A stale or foreign position is not recovered: the client must resync.
   const lost = await sse(env.base, room, await userToken("rex"), { headers: { "Last-Event-ID": `e_0000000000000000:3` } });
   assert.deepEqual(lost.welcome.resume, { requested: true, recovered: false, replayed: 0 });
@@ -358,17 +363,18 @@ test("sse: the relay's receipts keep a reading stream within a small bound; a st
   }
 });
 
-test("hibernation: a room with only SSE clients is evicted, and the next message reaches every stream", async () => {
+test("hibernation: a room with only SSE clients and a waiting poll is evicted, and the next message reaches all of them", async () => {
   const room = uid("hib");
   const isStart = (l) => l.event === "room.start" && l.room_key === `/${room}`;
   const a = await sse(slow.base, room, await userToken("ada"));
   const b = await sse(slow.base, room, await userToken("bo"), { query: "presence=off" });
   await serverPublish(slow.base, room, "pre", 1);
   for (const s of [a, b]) await s.next((e) => e.frame.id === "pre-0", "the first message");
-  await slow.nextLog((l) => l.event === "socket.open" && l.conn === b.welcome.conn, { what: "bo's socket.open" });
+  const mark = slow.logs.length;
+  const waiting = poll(slow.base, room, await userToken("pia"), { since: 1, epoch: a.welcome.epoch, timeout: 30 });
+  const pollOpen = await slow.nextLog((l) => l.event === "socket.open" && l.transport === "poll", { from: mark, what: "the poll's socket.open" });
   assert.equal(slow.logs.filter(isStart).length, 1);
   const idleSince = Date.now();
-  const mark = slow.logs.length;
   const comments = a.comments;
   // Nothing reaches the room for the eviction delay; the Worker keeps both streams alive
   // with keep-alive comments (every 2 s here), which must not wake the room either.
@@ -376,11 +382,14 @@ test("hibernation: a room with only SSE clients is evicted, and the next message
   assert.ok(a.comments - comments >= 3, `keep-alive comments while idle: ${a.comments - comments}`);
   await serverPublish(slow.base, room, "post", 1);
   for (const s of [a, b]) await s.next((e) => e.frame.id === "post-0", "the message after the eviction");
+  const answered = await (await waiting).json();
+  assert.deepEqual(answered.messages.map((m) => m.id), ["post-0"], "the waiting poll got it too");
   await slow.nextLog(isStart, { from: mark, what: "room.start after the idle time (the room was not evicted)" });
   assert.equal(slow.logs.filter(isStart).length, 2, "evicted and constructed again, once");
   assert.deepEqual(seqsOf(a.messages()), [1, 2]);
   assert.equal(b.messages().at(-1).id, `${a.welcome.epoch}:2`);
-  // The woken room still knows both streams: presence and the next fan-out.
+  // The woken room still knows both streams (and has forgotten the answered poll).
+  await slow.nextLog((l) => l.event === "socket.close" && l.conn === pollOpen.conn, { what: "the poll's socket.close" });
   const info = await (await signedFetch(slow.base, "GET", `/v1/rooms/${room}`)).json();
   assert.deepEqual([info.connections, info.users.map((u) => u.user)], [2, ["ada", "bo"]]);
   await Promise.all([a.abort(), b.abort()]);
