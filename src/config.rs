@@ -23,6 +23,10 @@ pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
 /// its ephemeral messages and then closes it with 4009 (contract §C).
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 20;
 
+/// Default for `SSE_KEEPALIVE_SECS`: the longest an SSE stream goes without a byte (a
+/// comment line), under the 30 s idle timeout common in proxies and load balancers.
+pub const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 25;
+
 /// Numeric limits; the room reads these too, so they are a separate, `Copy` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -229,6 +233,8 @@ pub struct Config {
     /// `DEV_TOKENS=1`: serve `POST /v1/dev/token` for the local demo. Never set it in
     /// production: anyone could mint tokens for `demo-*` rooms.
     pub dev_tokens: bool,
+    /// Seconds between keep-alive comments on an SSE stream (docs/protocol.md §13).
+    pub sse_keepalive_secs: u64,
     /// Numeric limits.
     pub limits: Limits,
     /// Webhooks to the backend, when configured.
@@ -265,6 +271,7 @@ impl Config {
             api_secret: text("API_SECRET"),
             allowed_origins,
             dev_tokens: matches!(text("DEV_TOKENS").as_deref(), Some("1" | "true")),
+            sse_keepalive_secs: number(get, "SSE_KEEPALIVE_SECS", DEFAULT_SSE_KEEPALIVE_SECS)?,
             limits: Limits::from_lookup(get)?,
             webhooks: Webhooks::from_lookup(get)?,
         })

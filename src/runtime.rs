@@ -69,6 +69,9 @@ pub fn error_response(e: &Error) -> Response {
     if let Error::MethodNotAllowed(allow) = e {
         let _ = headers.set("Allow", allow);
     }
+    if let Some(ms) = e.retry_after_ms() {
+        let _ = headers.set("Retry-After", &ms.div_ceil(1000).max(1).to_string());
+    }
     Response::builder()
         .with_status(e.status())
         .with_headers(headers)

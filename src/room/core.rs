@@ -21,14 +21,14 @@ use serde_json::value::RawValue;
 
 use super::codec;
 use super::counters::Counters;
-use super::limits::ConnState;
+use super::limits::{Bucket, ConnState};
 use super::log::{self, Appended, Entry, Head, Retention, Sql};
 use super::outbox::{self, presence_delay_ms, Conflation, Outbox, Payload, To};
 use super::peer::{info_raw, Identity, Peer};
 use super::presence::{Change, Presence};
 use super::rpc::{
-    ConnectRequest, EphemeralResult, History, PublishRequest, PublishResult, RoomInfo,
-    StorageStats, UserEntry,
+    ClientPublish, ConnectRequest, EphemeralResult, History, PublishRequest, PublishResult,
+    RoomInfo, StorageStats, Transport, UserEntry,
 };
 use super::schedule::{Reason, Schedule};
 use super::webhooks::{self, Delivery, Outcome, Status};
@@ -143,6 +143,22 @@ pub struct RoomCore<H> {
     hook_queue: Vec<String>,
     /// What an operator sees (`info`).
     pub(in crate::room) counters: Counters,
+    /// Publish buckets of client HTTP publishes, per user (docs/protocol.md §13). Memory
+    /// only, like the sockets' buckets and for the same reason: the room is evicted only
+    /// after ~10 s without events, by when every bucket has refilled, so losing them
+    /// loses nothing a client could not have had anyway.
+    http_buckets: HashMap<String, Bucket>,
+}
+
+/// Client HTTP publishers whose buckets are kept before full ones are forgotten (a full
+/// bucket is what a forgotten one starts as, so dropping it changes nothing).
+const MAX_HTTP_BUCKETS: usize = 1024;
+
+/// The connection id that names a client HTTP publish in `from.conn` when it did not name
+/// its own open connection: `h_` + the user, stable across requests, so a receiver can
+/// group a user's HTTP publishes; it never collides with a socket's `c_` id.
+pub fn http_conn(user: &str) -> String {
+    format!("h_{user}")
 }
 
 impl<H: Clone> RoomCore<H> {
@@ -179,6 +195,7 @@ impl<H: Clone> RoomCore<H> {
                 since_ms: now,
                 ..Counters::default()
             },
+            http_buckets: HashMap::new(),
         };
         for (handle, id) in sockets {
             if !id.gone && !core.index.contains_key(&id.conn) {
@@ -228,6 +245,11 @@ impl<H: Clone> RoomCore<H> {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Users with a client HTTP publish bucket in memory.
+    pub fn http_buckets_len(&self) -> usize {
+        self.http_buckets.len()
     }
 
     /// The peer with connection id `conn`, if it is open.
@@ -332,6 +354,7 @@ impl<H: Clone> RoomCore<H> {
             exp: req.exp,
             info: req.info.clone(),
             presence: req.presence,
+            listed: req.transport != Transport::Poll,
             gone: false,
         };
         let mut fx = vec![Effect::Attach {
@@ -379,9 +402,18 @@ impl<H: Clone> RoomCore<H> {
             self.send_now(&mut fx, now, &conn, text);
         }
         self.want_expiry(&mut fx, req.exp);
+        let transport = match req.transport {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        };
         fx.push(log_line(
             "socket.open",
-            &[("conn", conn), ("user", req.user.clone())],
+            &[
+                ("conn", conn),
+                ("user", req.user.clone()),
+                ("transport", transport.into()),
+            ],
         ));
         Ok(fx)
     }
@@ -687,11 +719,12 @@ impl<H: Clone> RoomCore<H> {
         }
     }
 
-    /// A publish from the server API.
+    /// A publish from the server API, or a client's HTTP publish (`req.client`).
     ///
     /// # Errors
     ///
     /// `BadRequest` for an id/event/key the contract refuses (the Worker checks first);
+    /// `RateLimited` when a client's bucket is empty (nothing was published);
     /// `Internal` when storage fails.
     pub fn publish(
         &mut self,
@@ -707,7 +740,14 @@ impl<H: Clone> RoomCore<H> {
         )
         .map_err(|e| Error::BadRequest(e.to_string()))?;
         let mut fx = Vec::new();
-        let except = req.exclude_conn.as_deref();
+        let (from, except) = match &req.client {
+            None => (None, req.exclude_conn.clone()),
+            Some(client) => {
+                self.admit_http(now, &client.user)?;
+                self.http_publisher(client)
+            }
+        };
+        let (from, except) = (from.as_ref(), except.as_deref());
         let delivered = self
             .peers
             .iter()
@@ -720,7 +760,7 @@ impl<H: Clone> RoomCore<H> {
                 key: req.key.as_deref(),
                 data: &req.data,
             };
-            self.fan_out_ephemeral(&mut fx, now, signal, None, except);
+            self.fan_out_ephemeral(&mut fx, now, signal, from, except);
             Published::Ephemeral(EphemeralResult {
                 room: req.room.clone(),
                 ephemeral: true,
@@ -728,7 +768,7 @@ impl<H: Clone> RoomCore<H> {
             })
         } else {
             let id = req.id.as_deref().unwrap_or_default();
-            let outcome = self.append(&mut fx, db, now, id, &req.event, &req.data, None, except)?;
+            let outcome = self.append(&mut fx, db, now, id, &req.event, &req.data, from, except)?;
             Published::Durable(PublishResult {
                 room: req.room.clone(),
                 epoch: self.head.epoch.clone(),
@@ -742,6 +782,35 @@ impl<H: Clone> RoomCore<H> {
             })
         };
         Ok((published, fx))
+    }
+
+    /// Charges a client HTTP publish to its user's bucket in this room.
+    fn admit_http(&mut self, now: i64, user: &str) -> Result<()> {
+        let limits = self.limits;
+        if self.http_buckets.len() >= MAX_HTTP_BUCKETS && !self.http_buckets.contains_key(user) {
+            self.http_buckets.retain(|_, b| !b.is_full(&limits, now));
+        }
+        self.http_buckets
+            .entry(user.to_string())
+            .or_insert_with(|| Bucket::full(&limits, now))
+            .take(&limits, now)
+            .map_err(Error::RateLimited)
+    }
+
+    /// Who a client HTTP publish is from, and which connection it skips: the client's
+    /// own connection when it named an open one of the same user (skipped unless
+    /// `echo`), else `h_<user>` and no one.
+    fn http_publisher(&self, client: &ClientPublish) -> (Option<From>, Option<String>) {
+        let own = client
+            .conn
+            .as_deref()
+            .filter(|c| self.peer(c).is_some_and(|p| p.id.user == client.user));
+        let from = From {
+            user: client.user.clone(),
+            conn: own.map_or_else(|| http_conn(&client.user), str::to_string),
+        };
+        let except = own.filter(|_| !client.echo).map(str::to_string);
+        (Some(from), except)
     }
 
     /// Sends everything queued: one WebSocket message per socket per batch, through

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::core::{Effect, Out, Published, RoomCore};
 use super::log::tests::{lite, Lite, V1_ROOM};
 use super::peer::Identity;
-use super::rpc::{ConnectRequest, PublishRequest};
+use super::rpc::{ClientPublish, ConnectRequest, PublishRequest, Transport};
 use super::webhooks::{Delivery, Outcome};
 use crate::auth::LEEWAY_SECS;
 use crate::config::Limits;
@@ -73,6 +73,7 @@ impl Fixture {
             since: None,
             epoch: None,
             presence: true,
+            transport: Transport::WebSocket,
         }
     }
 
@@ -188,6 +189,7 @@ impl Fixture {
             exclude_conn: None,
             ephemeral,
             key: None,
+            client: None,
         };
         let (published, fx) = self
             .core
@@ -1238,4 +1240,196 @@ fn a_room_that_falls_behind_does_not_close_readers_that_keep_up_with_it() {
         assert_eq!(r.close_code(h), None);
         assert_eq!(r.seqs(h).len(), 9);
     }
+}
+
+// ---- client HTTP publishes and relay sockets (docs/protocol.md §13) ----------------------
+
+impl Fixture {
+    fn client_publish(
+        &mut self,
+        user: &str,
+        id: Option<&str>,
+        conn: Option<String>,
+        echo: bool,
+    ) -> Result<Published, Error> {
+        let req = PublishRequest {
+            room: "lobby".into(),
+            id: id.map(str::to_string),
+            event: "chat".into(),
+            data: null_raw(),
+            exclude_conn: None,
+            ephemeral: id.is_none(),
+            key: None,
+            client: Some(ClientPublish {
+                user: user.into(),
+                conn,
+                echo,
+            }),
+        };
+        let (published, fx) = self.core.publish(&self.db, self.now, &req)?;
+        self.apply(fx);
+        Ok(published)
+    }
+}
+
+fn durable(p: Result<Published, Error>) -> (u64, bool) {
+    match p {
+        Ok(Published::Durable(r)) => (r.seq, r.duplicate),
+        other => panic!("expected a durable result, got {other:?}"),
+    }
+}
+
+#[test]
+fn client_http_publishes_share_the_id_space_and_name_the_user() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    r.publish(a, "x1");
+    assert_eq!(
+        durable(r.client_publish("bob", Some("x1"), None, false)),
+        (1, true),
+        "an id first sent over a socket is a duplicate over HTTP"
+    );
+    assert_eq!(
+        durable(r.client_publish("bob", Some("h1"), None, false)),
+        (2, false)
+    );
+    assert_eq!(
+        durable(r.client_publish("carol", Some("h1"), None, false)),
+        (2, true)
+    );
+    r.publish(a, "h1");
+    let acks = r.frames(a, "ack");
+    assert_eq!(
+        (acks[1]["seq"].as_u64(), acks[1]["duplicate"].as_bool()),
+        (Some(2), Some(true))
+    );
+    let m = &r.frames(a, "message")[0];
+    assert_eq!(m["from"], json!({"user":"bob","conn":"h_bob"}));
+    assert_eq!(
+        r.seqs(b),
+        vec![1, 2],
+        "without a conn of its own, bob receives it too"
+    );
+}
+
+#[test]
+fn a_client_naming_its_own_stream_is_skipped_unless_it_asks_for_an_echo() {
+    let mut r = Fixture::new(limits());
+    let stream = r.connect("bob");
+    let other = r.connect("alice");
+    let own = Some(Fixture::conn(stream));
+    durable(r.client_publish("bob", Some("m1"), own.clone(), false));
+    assert_eq!(r.seqs(stream), Vec::<u64>::new());
+    assert_eq!(
+        r.frames(other, "message")[0]["from"]["conn"],
+        Fixture::conn(stream).as_str()
+    );
+    durable(r.client_publish("bob", Some("m2"), own, true));
+    assert_eq!(r.seqs(stream), vec![2]);
+    // Another user's connection is not taken: the message is from h_mallory, skips no one.
+    durable(r.client_publish("mallory", Some("m3"), Some(Fixture::conn(other)), false));
+    let last = r.frames(other, "message").pop().unwrap_or_default();
+    assert_eq!(last["from"], json!({"user":"mallory","conn":"h_mallory"}));
+    // Ephemeral HTTP publishes are from the user too, and take no seq.
+    let e = r.client_publish("bob", None, None, false);
+    assert!(
+        matches!(e, Ok(Published::Ephemeral(ref x)) if x.delivered == 2),
+        "{e:?}"
+    );
+    assert_eq!(r.core.head().last_seq, 3);
+}
+
+#[test]
+fn client_http_publishes_are_rate_limited_per_user() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_per_sec: 2,
+        rate_limit_burst: 3,
+        ..limits()
+    });
+    let ws = r.connect("alice");
+    for i in 0..3 {
+        durable(r.client_publish("alice", Some(&format!("a{i}")), None, false));
+    }
+    let refused = r.client_publish("alice", Some("a3"), None, false);
+    assert!(
+        matches!(refused, Err(Error::RateLimited(500))),
+        "{refused:?}"
+    );
+    assert_eq!(r.core.head().last_seq, 3, "a refused publish takes no seq");
+    // Another user has a bucket of their own, and so do alice's sockets.
+    durable(r.client_publish("bob", Some("b0"), None, false));
+    r.publish(ws, "w0");
+    assert_eq!(r.frames(ws, "ack").len(), 1);
+    r.now += 500;
+    assert_eq!(
+        durable(r.client_publish("alice", Some("a3"), None, false)),
+        (6, false)
+    );
+    assert!(
+        r.client_publish("alice", None, None, false).is_err(),
+        "ephemeral ones count too"
+    );
+}
+
+#[test]
+fn the_http_buckets_forget_full_ones_when_many_users_publish() {
+    let mut r = Fixture::new(limits());
+    for i in 0..1100 {
+        r.client_publish(&format!("u{i}"), None, None, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        r.now += 100;
+    }
+    assert!(
+        r.core.http_buckets_len() <= 1024,
+        "{}",
+        r.core.http_buckets_len()
+    );
+}
+
+#[test]
+fn a_poll_relay_counts_against_the_cap_but_is_not_shown_in_presence() {
+    let mut r = Fixture::new(Limits {
+        max_connections_per_user: 2,
+        ..limits()
+    });
+    let watcher = r.connect("w");
+    let poll = r
+        .try_connect(ConnectRequest {
+            presence: false,
+            transport: Transport::Poll,
+            ..Fixture::request("p")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.frames(watcher, "presence").is_empty(),
+        "a poll does not join"
+    );
+    let sse = r
+        .try_connect(ConnectRequest {
+            transport: Transport::Sse,
+            ..Fixture::request("p")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.frames(watcher, "presence").len(), 1, "an SSE stream does");
+    let w = &r.frames(sse, "welcome")[0];
+    assert_eq!(w["presence"]["count"], 2, "w and p (through its stream)");
+    let third = r.try_connect(ConnectRequest {
+        transport: Transport::Poll,
+        ..Fixture::request("p")
+    });
+    assert!(
+        matches!(third, Err(Error::TooManyConnections(_))),
+        "{third:?}"
+    );
+    let fx = r.core.closed(r.now, &Fixture::conn(poll));
+    r.apply(fx);
+    assert_eq!(r.frames(watcher, "presence").len(), 1, "nor does it leave");
+    assert_eq!(
+        r.core
+            .info(&r.db, "lobby".into(), Default::default())
+            .users
+            .len(),
+        2
+    );
 }

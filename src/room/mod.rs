@@ -14,7 +14,7 @@
 //! * [`outbox`]: queues, coalescing, conflation; [`limits`]: buckets and strikes.
 //! * [`sockets`] and [`sql`]: the runtime side (sends, timers, attachments, storage).
 //! * [`webhooks`]: the outbox of events for the backend.
-//! * [`rpc`]: the Worker ↔ room requests.
+//! * [`rpc`]: the Worker ↔ room requests; `http`: the object's answers to them.
 
 pub mod codec;
 pub mod commands;

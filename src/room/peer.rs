@@ -36,6 +36,12 @@ pub struct Identity {
     /// which is also what attachments written before the option existed mean.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub presence: bool,
+    /// Whether the socket's user is shown in presence through it (`join`/`leave`,
+    /// `welcome.presence`, room info). False only for a long-poll's short-lived relay
+    /// socket, which would otherwise make its user join and leave on every poll. Stored
+    /// like `presence`: only when false.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub listed: bool,
     /// Set once the room has said goodbye to this socket (closed it), so that a socket the
     /// runtime still lists while its close completes is not restored after a wake-up.
     #[serde(default)]
@@ -245,6 +251,7 @@ mod tests {
             exp: 1000,
             info: None,
             presence: true,
+            listed: true,
             gone: false,
         };
         assert!(!s.expired(1000 + LEEWAY_SECS));
