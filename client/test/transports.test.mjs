@@ -397,6 +397,24 @@ test("sse: no welcome within connectTimeoutMs is a failed attempt", async () => 
   t.client.close();
 });
 
+test("auto: a proxy that buffers the event stream (opened, but no welcome in time) twice → long-poll", async () => {
+  const t = setup({ connectTimeoutMs: 3000 });
+  const es = await toSse(t);
+  es.event("open", "");
+  await t.clock.advance(3000);
+  await t.clock.advance(500);
+  t.ES.last.event("open", "");
+  await t.clock.advance(3000);
+  await t.clock.advance(0);
+  assert.equal(t.client.transport, "longpoll");
+  assert.deepEqual(t.switches, ["websocket→sse", "sse→longpoll"]);
+  assert.ok(t.ES.instances.every((x) => x.closed));
+  t.fetch.open("/poll")[0].respond(200, poll("e_1", 0, [], false));
+  await settle();
+  assert.equal(t.client.state, "open");
+  t.client.close();
+});
+
 // ---- HTTP publish --------------------------------------------------------------------
 
 test("http publish: waits for the stream to open, posts the frame without type with the Bearer token, resolves with seq", async () => {
