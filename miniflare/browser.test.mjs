@@ -95,7 +95,7 @@ async function upgradeRefusingProxy() {
   const clients = new Set();
   const upstreams = new Set();
   let down = false;
-  const stats = { refused: 0, forwarded: [] };
+  const stats = { refused: 0, how: new Set(), forwarded: [] };
   const hopByHop = new Set(["proxy-connection", "proxy-authorization", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"]);
   const srv = http.createServer((req, res) => {
     if (down) return void req.socket.destroy();
@@ -113,12 +113,13 @@ async function upgradeRefusingProxy() {
     res.on("close", () => up.destroy());
     req.pipe(up);
   });
-  const refuse = (socket) => {
+  const refuse = (how, socket) => {
     stats.refused++;
+    stats.how.add(how);
     socket.end("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 25\r\nConnection: close\r\n\r\nWebSockets are not allowed");
   };
-  srv.on("connect", (_req, socket) => refuse(socket));
-  srv.on("upgrade", (_req, socket) => refuse(socket));
+  srv.on("connect", (_req, socket) => refuse("CONNECT", socket));
+  srv.on("upgrade", (_req, socket) => refuse("Upgrade", socket));
   srv.on("connection", (socket) => {
     if (down) return void socket.destroy();
     clients.add(socket);
@@ -348,6 +349,7 @@ test("behind a proxy that refuses WebSockets, the demo board falls back to SSE a
   assert.equal(await bob.evaluate(() => window.roomcast.transport), "sse");
   assert.equal(await alice.evaluate(() => window.roomcast.transport), "websocket");
   assert.ok(proxy.stats.refused - refusedBefore >= 2, `bob's WebSocket upgrades were refused (${proxy.stats.refused - refusedBefore})`);
+  console.log(`proxy: ${proxy.stats.refused - refusedBefore} WebSocket attempts refused (${[...proxy.stats.how].join(", ")}), ${proxy.stats.forwarded.length} requests forwarded`);
   assert.ok(proxy.stats.forwarded.some((r) => r.startsWith("GET /v1/rooms/" + room + "/events")), "the stream went through the proxy");
   assert.equal(await bob.evaluate(() => window.__sockets.length), 2, "two WebSocket attempts (fallbackAfter), then none");
 

@@ -135,6 +135,20 @@ test("auto: no WebSocket at all starts on SSE; no EventSource either starts on l
   assert.throws(() => new Roomcast({ url: "ws://x", room: "r", token: "t", transport: "sse", fetch: () => {} }), /EventSource/);
 });
 
+test("auto: an upgrade that hangs (no welcome within connectTimeoutMs) twice is a WebSocket that cannot open", async () => {
+  const t = setup({ connectTimeoutMs: 4000 });
+  await settle();
+  await t.clock.advance(4000);
+  assert.equal(t.client.transport, "websocket", "one timeout is not enough");
+  await t.clock.advance(250 + 4000);
+  await t.clock.advance(0);
+  assert.equal(t.WS.instances.length, 2);
+  assert.equal(t.client.transport, "sse");
+  assert.equal(t.ES.instances.length, 1);
+  assert.ok(t.WS.instances.every((ws) => ws.terminated || ws.closeCalls.length > 0), "the hanging sockets were dropped");
+  t.client.close();
+});
+
 test("auto: a §10 refusal on the WebSocket is an answer, not a reason to fall back", async () => {
   // forbidden: stop at once.
   const a = setup();
@@ -380,6 +394,24 @@ test("sse: no welcome within connectTimeoutMs is a failed attempt", async () => 
   await t.clock.advance(5000);
   assert.equal(t.client.state, "reconnecting");
   assert.ok(t.ES.instances[0].closed);
+  t.client.close();
+});
+
+test("auto: a proxy that buffers the event stream (opened, but no welcome in time) twice → long-poll", async () => {
+  const t = setup({ connectTimeoutMs: 3000 });
+  const es = await toSse(t);
+  es.event("open", "");
+  await t.clock.advance(3000);
+  await t.clock.advance(500);
+  t.ES.last.event("open", "");
+  await t.clock.advance(3000);
+  await t.clock.advance(0);
+  assert.equal(t.client.transport, "longpoll");
+  assert.deepEqual(t.switches, ["websocket→sse", "sse→longpoll"]);
+  assert.ok(t.ES.instances.every((x) => x.closed));
+  t.fetch.open("/poll")[0].respond(200, poll("e_1", 0, [], false));
+  await settle();
+  assert.equal(t.client.state, "open");
   t.client.close();
 });
 
