@@ -18,6 +18,7 @@ import { createInterface } from "node:readline";
 import * as esbuild from "esbuild";
 import { renderTable } from "./table.mjs";
 import { renderSvg } from "./chart.mjs";
+import { TRANSPORT_SCENARIOS, transportPlan, transportApplicable, runTransportScenario } from "./transports.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 process.chdir(root);
@@ -34,7 +35,7 @@ const option = (name, fallback) => {
 };
 const mode = flag("--quick") ? "quick" : "full";
 const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
-const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "ephemeral", "rooms", "http", "dedup", "slow", "interleaved"];
+const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "ephemeral", "rooms", "http", "dedup", "slow", "interleaved", ...TRANSPORT_SCENARIOS];
 /** The load generator subcommand behind each scenario (the same as its name unless listed). */
 const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fanout" };
 /**
@@ -107,6 +108,8 @@ const PLAN = {
     interleaved: { rounds: 5, n: 1000, payload: 100, dps: 20000, duration: 10, warmup: 2 },
   },
 }[mode];
+// Issue 12 and 13 scenarios (SSE, long-poll, webhooks): bench/transports.mjs.
+Object.assign(PLAN, transportPlan(mode, PLAN));
 
 const LOADGEN = resolve(root, process.env.BENCH_LOADGEN ?? "target/bench/release/loadgen");
 const NATIVE_SERVER = resolve(root, process.env.BENCH_NATIVE_SERVER ?? "target/bench/release/native-server");
@@ -288,6 +291,7 @@ function slowSummary(r) {
 }
 
 function applicable(name, peer) {
+  if (TRANSPORT_SCENARIOS.includes(name)) return transportApplicable(name, peer);
   if (name === "http") return FEATURES[peer].http;
   if (name === "dedup") return FEATURES[peer].dedup;
   if (name === "ephemeral") return FEATURES[peer].ephemeral;
@@ -364,6 +368,10 @@ async function main() {
         continue;
       }
       log(`${peer}: ${name}`);
+      if (TRANSPORT_SCENARIOS.includes(name)) {
+        results[peer][name] = await runTransportScenario(name, { peer, startPeer, stopPeer, loadgen, plan: PLAN, log });
+        continue;
+      }
       let server;
       try {
         server = await startPeer(peer, BINDINGS[name]?.(PLAN[name]));

@@ -3,6 +3,7 @@
 // stored run.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { transportRows, transportRatios } from "./transports.mjs";
 
 export const PEER_LABELS = {
   rust: "Rust room",
@@ -268,6 +269,8 @@ export function renderTable(doc) {
     }));
   }
 
+  transportRows(doc, { row, withScen, ran, cell, fmt, ms, pct }); // 9-11: bench/transports.mjs
+
   const ratios = computeRatios(doc);
   return { rows, ratios, text: formatText(doc, rows, ratios) };
 }
@@ -333,6 +336,7 @@ export function computeRatios(doc) {
     dedup_cpu_50pct_over_0pct_js_twin: div(dedup("js-twin", 0.5), dedup("js-twin", 0)),
     ephemeral_over_durable_rust: div(eph("rust", "ephemeral"), eph("rust", "durable")),
     slow_rss_excess_slope_rust_over_js_twin: div(slowExcess("rust"), slowExcess("js-twin")),
+    ...transportRatios(doc, div),
   };
 }
 

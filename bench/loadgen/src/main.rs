@@ -36,6 +36,8 @@ use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 use loadgen::{cpu_seconds, rss_kib, signature, unix_now, user_token};
 
 mod slow;
+mod transports;
+mod webhooks;
 
 type Ws = WebSocketStream<TcpStream>;
 type WsSink = SplitSink<Ws, Message>;
@@ -127,6 +129,12 @@ enum Cmd {
     },
     /// Scenario 7: one reader stops reading while others keep up (contract v1.1 §C).
     Slow(slow::SlowArgs),
+    /// Issue 12: fan-out 1 → N to Server-Sent Event streams (or WebSockets, to compare).
+    Sse(transports::SseArgs),
+    /// Issue 12: clients long-polling in a loop while messages flow.
+    Poll(transports::PollArgs),
+    /// Issue 13: webhook delivery to a receiver in this process (or webhooks off).
+    Webhooks(webhooks::WebhookArgs),
     /// Scenario 3: many rooms in parallel, one publisher per room.
     Rooms {
         #[arg(long, default_value_t = 100)]
@@ -1800,6 +1808,9 @@ fn main() {
                 .await
             }
             Cmd::Slow(args) => slow::scenario_slow(rig.clone(), args).await,
+            Cmd::Sse(args) => transports::scenario_sse(rig.clone(), args).await,
+            Cmd::Poll(args) => transports::scenario_poll(rig.clone(), args).await,
+            Cmd::Webhooks(args) => webhooks::scenario_webhooks(rig.clone(), args).await,
             Cmd::Rooms {
                 rooms,
                 per_room,
