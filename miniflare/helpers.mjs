@@ -424,3 +424,23 @@ export async function sse(base, room, tok, { transport = "header", query = "", h
   stream.welcomeId = welcome.id;
   return stream;
 }
+
+/**
+ * Resolves with the arguments of the first `event` an SDK client emits that satisfy
+ * `pred` (the SDK tests await its events, never a fixed time).
+ */
+export function when(client, event, pred = () => true, ms = 30_000, what = event) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out waiting for ${what} (state ${client.state}, transport ${client.transport})`));
+    }, ms);
+    const off = client.on(event, (...args) => {
+      if (!pred(...args)) return;
+      clearTimeout(timer);
+      off();
+      resolve(args);
+    });
+  });
+}
+

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import WebSocket from "ws";
 import { EventSource } from "eventsource";
-import { start, connect, token, userToken, now, uid, signedFetch } from "./helpers.mjs";
+import { start, connect, token, userToken, now, uid, signedFetch, when } from "./helpers.mjs";
 import { Roomcast } from "../client/dist/index.js";
 
 let env;
@@ -26,21 +26,6 @@ afterEach(() => {
 
 const FAST = { backoff: { baseMs: 25, capMs: 200, stableMs: 2000 }, connectTimeoutMs: 5000 };
 
-/** Resolves with the first `event` from `client` whose arguments satisfy `pred`. */
-function when(client, event, pred = () => true, ms = 20_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`timed out waiting for ${event} (state ${client.state}, transport ${client.transport})`));
-    }, ms);
-    const off = client.on(event, (...args) => {
-      if (!pred(...args)) return;
-      clearTimeout(timer);
-      off();
-      resolve(args);
-    });
-  });
-}
 
 /** Resolves once `pred()` holds (checked on every message and every 20 ms). */
 async function until(pred, what, ms = 20_000) {
