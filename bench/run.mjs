@@ -18,6 +18,7 @@ import { createInterface } from "node:readline";
 import * as esbuild from "esbuild";
 import { renderTable } from "./table.mjs";
 import { renderSvg } from "./chart.mjs";
+import { TRANSPORT_SCENARIOS, transportPlan, transportApplicable, runTransportScenario } from "./transports.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 process.chdir(root);
@@ -34,16 +35,22 @@ const option = (name, fallback) => {
 };
 const mode = flag("--quick") ? "quick" : "full";
 const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
-const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "ephemeral", "rooms", "http", "dedup", "slow", "interleaved"];
+const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "capacity", "ephemeral", "rooms", "http", "dedup", "slow", "storm", "storm-quiet", "interleaved", ...TRANSPORT_SCENARIOS];
+/**
+ * What runs without --scenarios: everything but `overload`, the fixed-rate phase that
+ * `capacity` replaced (a fixed rate is an overload on one machine and not on another);
+ * `--scenarios overload` still runs it.
+ */
+const DEFAULT_SCENARIOS = ALL_SCENARIOS.filter((s) => s !== "overload");
 /** The load generator subcommand behind each scenario (the same as its name unless listed). */
-const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fanout" };
+const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fanout", "storm-quiet": "storm" };
 /**
  * Query parameters a scenario adds to the socket URL. `ramp-quiet` is the ramp with every
  * client connecting `presence=off` (no join/leave frames): the Rust room's presence
  * traffic is quadratic in the room's size, and no other peer sends presence at all, so
  * this is the like-for-like memory comparison; `ramp` keeps the contract's default.
  */
-const QUERY = { "ramp-quiet": "presence=off" };
+const QUERY = { "ramp-quiet": "presence=off", "storm-quiet": "presence=off" };
 /**
  * Worker variables a scenario sets for the Rust room (on top of bench/peers/workerd.mjs's).
  * `slow` keeps 4,000 messages of history so the paused reader's resume (v1 §6) is never
@@ -60,7 +67,7 @@ const BINDINGS = { slow: (p) => ({ HISTORY_LIMIT: String(p.historyLimit) }) };
  */
 const INTERLEAVED_PEERS = ["rust", "js-twin"];
 const peers = option("--peers", ALL_PEERS.join(",")).split(",");
-const scenarios = option("--scenarios", ALL_SCENARIOS.join(",")).split(",");
+const scenarios = option("--scenarios", DEFAULT_SCENARIOS.join(",")).split(",");
 
 /**
  * What each peer implements; a scenario a peer lacks is n/a for it. `ephemeral`: contract
@@ -68,11 +75,11 @@ const scenarios = option("--scenarios", ALL_SCENARIOS.join(",")).split(",");
  * has no bound on what it holds for a slow socket, which is what the scenario shows.
  */
 const FEATURES = {
-  rust: { http: true, dedup: true, presence: true, hibernation: true, ephemeral: true, slow: true, path: "/v1/rooms/{room}/ws" },
-  "js-twin": { http: true, dedup: true, presence: false, hibernation: true, ephemeral: false, slow: true, path: "/v1/rooms/{room}/ws" },
-  partyserver: { http: false, dedup: false, presence: false, hibernation: true, ephemeral: false, slow: false, path: "/parties/chat/{room}" },
-  "node-ws": { http: true, dedup: false, presence: false, hibernation: false, ephemeral: false, slow: false, path: "/v1/rooms/{room}/ws" },
-  native: { http: false, dedup: false, presence: false, hibernation: false, ephemeral: false, slow: false, path: "/v1/rooms/{room}/ws" },
+  rust: { http: true, dedup: true, presence: true, hibernation: true, ephemeral: true, slow: true, storm: true, resume: true, capacity: true, path: "/v1/rooms/{room}/ws" },
+  "js-twin": { http: true, dedup: true, presence: false, hibernation: true, ephemeral: false, slow: true, storm: true, resume: false, capacity: true, path: "/v1/rooms/{room}/ws" },
+  partyserver: { http: false, dedup: false, presence: false, hibernation: true, ephemeral: false, slow: false, storm: false, resume: false, capacity: false, path: "/parties/chat/{room}" },
+  "node-ws": { http: true, dedup: false, presence: false, hibernation: false, ephemeral: false, slow: false, storm: false, resume: false, capacity: false, path: "/v1/rooms/{room}/ws" },
+  native: { http: false, dedup: false, presence: false, hibernation: false, ephemeral: false, slow: false, storm: false, resume: false, capacity: false, path: "/v1/rooms/{room}/ws" },
 };
 
 /**
@@ -88,6 +95,8 @@ const PLAN = {
     ramp: { n: 2000, idle: 12, idleNoHibernation: 2 },
     fanout: { sizes: [10, 100, 1000], payloads: [100, 1024], dps: 20000, maxRate: 2000, duration: 3, warmup: 0.5 },
     overload: { sizes: [1000], payloads: [100, 1024], dps: 60000, maxRate: 2000, duration: 3, warmup: 0.5 },
+    capacity: { n: 1000, payloads: [100, 1024], start: 10000, max: 2560000, bisect: 3, duration: 2, warmup: 0.5, p99Ms: 100 },
+    storm: { n: 2000, rate: 5, payload: 100, before: 3, after: 2 },
     ephemeral: { sizes: [10, 100, 1000], payload: 100, dps: 20000, maxRate: 2000, duration: 3, warmup: 0.5 },
     slow: { publishers: 5, receivers: 3, rate: 80, payload: 16384, duration: 10, warmup: 1, historyLimit: 4000, afterSecs: 3 },
     rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 2, warmup: 0.5, payload: 100 },
@@ -99,6 +108,8 @@ const PLAN = {
     ramp: { n: 5000, idle: 15, idleNoHibernation: 5 },
     fanout: { sizes: [10, 100, 1000, 5000], payloads: [100, 1024], dps: 20000, maxRate: 2000, duration: 10, warmup: 2 },
     overload: { sizes: [1000], payloads: [100, 1024], dps: 60000, maxRate: 2000, duration: 10, warmup: 2 },
+    capacity: { n: 1000, payloads: [100, 1024], start: 10000, max: 2560000, bisect: 4, duration: 5, warmup: 1, p99Ms: 100 },
+    storm: { n: 10000, rate: 2, payload: 100, before: 5, after: 5 },
     ephemeral: { sizes: [10, 100, 1000, 5000], payload: 100, dps: 20000, maxRate: 2000, duration: 10, warmup: 2 },
     slow: { publishers: 5, receivers: 3, rate: 80, payload: 16384, duration: 20, warmup: 2, historyLimit: 4000, afterSecs: 3 },
     rooms: { rooms: 100, perRoom: 20, rate: 10, duration: 10, warmup: 2, payload: 100 },
@@ -107,6 +118,8 @@ const PLAN = {
     interleaved: { rounds: 5, n: 1000, payload: 100, dps: 20000, duration: 10, warmup: 2 },
   },
 }[mode];
+// Issue 12 and 13 scenarios (SSE, long-poll, webhooks): bench/transports.mjs.
+Object.assign(PLAN, transportPlan(mode, PLAN));
 
 const LOADGEN = resolve(root, process.env.BENCH_LOADGEN ?? "target/bench/release/loadgen");
 const NATIVE_SERVER = resolve(root, process.env.BENCH_NATIVE_SERVER ?? "target/bench/release/native-server");
@@ -154,9 +167,13 @@ function firstLine(child, ms, what) {
   });
 }
 
-async function startPeer(name, bindings) {
+let persistDirs = 0;
+
+async function startPeer(name, bindings, { persist = false } = {}) {
   const env = {
     ...process.env,
+    // Deploy storms restart workerd over persisted storage (bench/peers/workerd.mjs).
+    ...(persist ? { BENCH_PERSIST: join(storageRoot, `persist-${persistDirs++}`) } : {}),
     ...(bindings ? { BENCH_BINDINGS: JSON.stringify(bindings) } : {}),
     BENCH_JWT_SECRET: JWT_SECRET,
     BENCH_API_SECRET: API_SECRET,
@@ -196,6 +213,7 @@ async function startPeer(name, bindings) {
     child,
     exited,
     pid,
+    launcherPid: child.pid,
     wsUrl: `ws://127.0.0.1:${port}`,
     httpUrl: `http://127.0.0.1:${port}`,
     path: FEATURES[name].path,
@@ -269,6 +287,11 @@ function scenarioArgs(name, peer) {
       return ["--receivers", p.receivers, "--rate", p.rate, "--ratios", p.ratios.join(","), "--duration", p.duration, "--warmup", p.warmup, "--payload", p.payload];
     case "ephemeral":
       return ["--sizes", p.sizes.join(","), "--payload", p.payload, "--deliveries-per-sec", p.dps, "--max-rate", p.maxRate, "--duration", p.duration, "--warmup", p.warmup];
+    case "capacity":
+      return ["--n", p.n, "--payloads", p.payloads.join(","), "--start", p.start, "--max", p.max, "--bisect", p.bisect, "--duration", p.duration, "--warmup", p.warmup, "--p99-ms", p.p99Ms];
+    case "storm":
+    case "storm-quiet":
+      return ["--n", p.n, "--rate", p.rate, "--payload", p.payload, "--before-secs", p.before, "--after-secs", p.after, ...(FEATURES[peer].resume ? ["--resume"] : [])];
     case "slow":
       return ["--publishers", p.publishers, "--receivers", p.receivers, "--rate", p.rate, "--payload", p.payload, "--duration", p.duration, "--warmup", p.warmup, "--after-secs", p.afterSecs];
   }
@@ -287,12 +310,26 @@ function slowSummary(r) {
   );
 }
 
+/** One line about a deploy storm for the progress log. */
+function stormSummary(r) {
+  if (r.error) return `storm: ${typeof r.error === "string" ? r.error : JSON.stringify(r.error)}`;
+  const q = r.recovery;
+  return (
+    `storm: ${r.sockets} sockets recovered p50 ${q?.p50_ms?.toFixed(0)} / p99 ${q?.p99_ms?.toFixed(0)} / max ${q?.max_ms?.toFixed(0)} ms after the restart; ` +
+    `${r.reconnects} reconnects, ${r.server_cpu?.ms_per_reconnect?.toFixed(2)} ms server CPU each; refused ${r.failed_handshakes?.refused_while_down}, failed ${r.failed_handshakes?.failed_after_up}; ` +
+    `exactly once: ${r.delivery?.exactly_once_in_order} (missed ${r.delivery?.missed_at_reconnect}, repeats ${r.delivery?.repeats})`
+  );
+}
+
 function applicable(name, peer) {
+  if (TRANSPORT_SCENARIOS.includes(name)) return transportApplicable(name, peer);
   if (name === "http") return FEATURES[peer].http;
   if (name === "dedup") return FEATURES[peer].dedup;
   if (name === "ephemeral") return FEATURES[peer].ephemeral;
   if (name === "slow") return FEATURES[peer].slow;
-  if (name === "ramp-quiet") return FEATURES[peer].presence;
+  if (name === "ramp-quiet" || name === "storm-quiet") return FEATURES[peer].presence;
+  if (name === "storm") return FEATURES[peer].storm;
+  if (name === "capacity") return FEATURES[peer].capacity;
   return true;
 }
 
@@ -364,13 +401,20 @@ async function main() {
         continue;
       }
       log(`${peer}: ${name}`);
+      if (TRANSPORT_SCENARIOS.includes(name)) {
+        results[peer][name] = await runTransportScenario(name, { peer, startPeer, stopPeer, loadgen, plan: PLAN, log });
+        continue;
+      }
       let server;
       try {
-        server = await startPeer(peer, BINDINGS[name]?.(PLAN[name]));
-        const r = await loadgen(server, SUBCOMMAND[name] ?? name, scenarioArgs(name, peer), QUERY[name]);
+        const storm = (SUBCOMMAND[name] ?? name) === "storm";
+        server = await startPeer(peer, BINDINGS[name]?.(PLAN[name]), { persist: storm });
+        const extra = storm ? ["--launcher-pid", server.launcherPid] : [];
+        const r = await loadgen(server, SUBCOMMAND[name] ?? name, [...scenarioArgs(name, peer), ...extra], QUERY[name]);
         results[peer][name] = r;
         const failed = (r.results ?? [r.wake ?? r]).filter((x) => x && x.ok === false).length + (r.error ? 1 : 0);
         if (name === "slow") log(slowSummary(r));
+        if (storm) log(stormSummary(r));
         log(`${peer}: ${name} done in ${r.loadgen_secs?.toFixed(1)} s${failed ? `, ${failed} FAILED phase(s)` : ""}`);
       } catch (e) {
         log(`${peer}: ${name} failed: ${e.message}`);

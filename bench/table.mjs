@@ -3,6 +3,8 @@
 // stored run.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { goalRows, goalRatios, goalLines } from "./goals.mjs";
+import { transportRows, transportRatios } from "./transports.mjs";
 
 export const PEER_LABELS = {
   rust: "Rust room",
@@ -268,6 +270,10 @@ export function renderTable(doc) {
     }));
   }
 
+  transportRows(doc, { row, withScen, ran, cell, fmt, ms, pct }); // 9-11: bench/transports.mjs
+
+  goalRows(doc, { row, withScen, ran, cell, fmt, ms, pct }); // 2b, 8, 12: bench/goals.mjs
+
   const ratios = computeRatios(doc);
   return { rows, ratios, text: formatText(doc, rows, ratios) };
 }
@@ -333,6 +339,8 @@ export function computeRatios(doc) {
     dedup_cpu_50pct_over_0pct_js_twin: div(dedup("js-twin", 0.5), dedup("js-twin", 0)),
     ephemeral_over_durable_rust: div(eph("rust", "ephemeral"), eph("rust", "durable")),
     slow_rss_excess_slope_rust_over_js_twin: div(slowExcess("rust"), slowExcess("js-twin")),
+    ...goalRatios(doc, div),
+    ...transportRatios(doc, div),
   };
 }
 
@@ -358,6 +366,7 @@ function formatText(doc, rows, ratios) {
   }
   out.push("");
   out.push("¹ no hibernation: the socket stays in process memory; the wake-up is an ordinary message.");
+  out.push("² the load generator's core was busy above 90% on a failing step: the capacity found may be the load generator's. ≥: the search reached its highest rate without a failure.");
   out.push("✗ a check failed (a lost, duplicated or reordered delivery, or a failed request): the numbers of that run are not comparable.");
   out.push("n/a: the peer does not implement the feature (dedup, HTTP publish, presence, ephemeral messages) or the scenario is not run against it (slow consumer).");
   for (const [peer, why] of Object.entries(doc.skipped ?? {})) out.push(`skipped ${peer}: ${why}`);
@@ -371,6 +380,8 @@ function formatText(doc, rows, ratios) {
   out.push("");
   out.push("ratios (" + ratios.definition + ")");
   for (const [k, v] of Object.entries(ratios)) if (k !== "definition") out.push(`  ${pad(k, 44)} ${v ?? "–"}`);
+  out.push("");
+  out.push(...goalLines(ratios));
   return out.join("\n");
 }
 

@@ -12,7 +12,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { start, connect, rejected, token, serviceToken, signedFetch, uid } from "./helpers.mjs";
+import { start, connect, rejected, token, serviceToken, signedFetch, sse, uid, when } from "./helpers.mjs";
 import { Roomcast } from "../client/dist/index.js";
 
 let env;
@@ -203,6 +203,33 @@ test("disconnect by user: every socket of that user gets the error frame and clo
   assert.deepEqual(await (await disconnect(room, { user: "alice" })).json(), { closed: 0 });
 });
 
+test("disconnect reaches the HTTP transports: an SSE stream gets the frame and event close; a waiting poll ends", async () => {
+  const room = uid("doc");
+  const tok = await user("alice", { "doc-*": ["read"] });
+  const stream = await sse(env.base, room, tok);
+  const poll = fetch(`${env.base}/v1/rooms/${room}/poll?since=0&epoch=${stream.welcome.epoch}&timeout=20`, {
+    headers: { Authorization: `Bearer ${tok}` },
+  });
+  // The poll waits once the room holds its relay socket too.
+  for (let i = 0; ; i++) {
+    const info = await (await signedFetch(env.base, "GET", `/v1/rooms/${room}`)).json();
+    if (info.connections === 2) break;
+    assert.ok(i < 500, `the poll never reached the room: ${JSON.stringify(info)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const res = await disconnect(room, { user: "alice", reason: "gone" });
+  assert.deepEqual(await res.json(), { closed: 2 });
+  const err = await stream.next((e) => e.event === "error", "the disconnected event");
+  assert.deepEqual(err.frame, { type: "error", code: "disconnected", message: "gone", close: 4403 });
+  const closed = await stream.next((e) => e.event === "close", "event: close");
+  assert.deepEqual(closed.frame, { code: 4403, reason: "disconnected" });
+  await stream.ended;
+  // The poll's relay socket was closed by the room: it answers with what it has (nothing).
+  const answer = await poll;
+  assert.equal(answer.status, 200);
+  assert.deepEqual((await answer.json()).messages, []);
+});
+
 test("disconnect by conn: only that connection, with a custom code and the default reason", async () => {
   const room = uid("doc");
   const rw = { "doc-*": ["read", "write"] };
@@ -277,22 +304,6 @@ test("disconnect: bad bodies are 400 bad_request, without auth 401, other method
 // ---- the SDK's reaction -----------------------------------------------------------------------
 
 const FAST = { backoff: { baseMs: 25, capMs: 200, stableMs: 2000 }, connectTimeoutMs: 5000 };
-
-/** Resolves with the first `event` from `client` whose arguments satisfy `pred`. */
-function when(client, event, pred = () => true, ms = 15_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`timed out waiting for ${event}`));
-    }, ms);
-    const off = client.on(event, (...args) => {
-      if (!pred(...args)) return;
-      clearTimeout(timer);
-      off();
-      resolve(args);
-    });
-  });
-}
 
 /** An SDK client on `room` whose sockets and errors are recorded. */
 function sdk(room, tok) {

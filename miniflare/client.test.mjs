@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { start, userToken, signedFetch, uid, now, until } from "./helpers.mjs";
+import { start, userToken, signedFetch, uid, now, until, when } from "./helpers.mjs";
 import { Roomcast } from "../client/dist/index.js";
 
 let env;
@@ -26,21 +26,6 @@ afterEach(() => {
 // Fast enough for tests, same shape as production.
 const FAST = { backoff: { baseMs: 25, capMs: 400, stableMs: 2000 }, connectTimeoutMs: 5000 };
 
-/** Resolves with the first `event` emitted by `client` whose arguments satisfy `pred`. */
-function when(client, event, pred = () => true, ms = 30_000, what = event) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`timed out waiting for ${what}`));
-    }, ms);
-    const off = client.on(event, (...args) => {
-      if (!pred(...args)) return;
-      clearTimeout(timer);
-      off();
-      resolve(args);
-    });
-  });
-}
 
 /**
  * A client with its own WebSocket subclass (so the test can grab and kill its current

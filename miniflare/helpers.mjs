@@ -275,3 +275,172 @@ export async function rejected(promise) {
 }
 
 export const uid = (p = "r") => `${p}-${randomUUID().slice(0, 8)}`;
+
+/**
+ * An SSE stream read with `fetch` (docs/protocol.md §13): records every event as
+ * `{event, id, data, frame}` (`frame` is the parsed `data`), counts comment lines, and
+ * lets a test wait for a specific event like `Client.next`. `abort()` cuts the stream
+ * from the client side.
+ */
+export class SseStream {
+  constructor(res, controller) {
+    this.res = res;
+    this.controller = controller;
+    this.events = [];
+    this.comments = 0;
+    this.waiters = [];
+    this.ended = this.#read();
+  }
+
+  async #read() {
+    const decoder = new TextDecoder();
+    let buf = "";
+    let current = { data: [] };
+    try {
+      for await (const chunk of this.res.body) {
+        buf += decoder.decode(chunk, { stream: true });
+        let nl;
+        while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + (buf.startsWith("\r\n", nl) ? 2 : 1));
+          if (line === "") {
+            if (current.data.length || current.event) this.#dispatch(current);
+            current = { data: [] };
+          } else if (line.startsWith(":")) {
+            this.comments++;
+            this.waiters = this.waiters.filter((w) => !w(null));
+          } else {
+            const at = line.indexOf(":");
+            const field = at < 0 ? line : line.slice(0, at);
+            const value = at < 0 ? "" : line.slice(at + 1).replace(/^ /, "");
+            if (field === "data") current.data.push(value);
+            else if (field === "event") current.event = value;
+            else if (field === "id") current.id = value;
+          }
+        }
+      }
+    } catch (e) {
+      if (e.name !== "AbortError") this.error = e;
+    }
+    this.waiters = this.waiters.filter((w) => !w(null));
+  }
+
+  #dispatch({ event, id, data }) {
+    const text = data.join("\n");
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      frame = { raw: text };
+    }
+    const e = { event: event ?? "message", id, data: text, frame };
+    this.events.push(e);
+    this.waiters = this.waiters.filter((w) => !w(e));
+  }
+
+  /** Resolves with the first recorded or future event matching `pred`. */
+  next(pred, what = "event", timeoutMs = 15000) {
+    const found = this.events.find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.events.slice(-3))}`)), timeoutMs);
+      this.waiters.push((e) => {
+        if (!e || !pred(e)) return false;
+        clearTimeout(timer);
+        resolve(e);
+        return true;
+      });
+    });
+  }
+
+  /** Resolves once `n` recorded or future events match `pred`, with all of them. */
+  nextN(pred, n, what = "events", timeoutMs = 30000) {
+    const have = () => this.events.filter(pred);
+    if (have().length >= n) return Promise.resolve(have());
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${n} ${what}; have ${have().length}`)), timeoutMs);
+      this.waiters.push((e) => {
+        if (!e || !pred(e) || have().length < n) return false;
+        clearTimeout(timer);
+        resolve(have());
+        return true;
+      });
+    });
+  }
+
+  /** Resolves once at least `n` comment lines arrived. */
+  nextComments(n, timeoutMs = 30000) {
+    if (this.comments >= n) return Promise.resolve(this.comments);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${n} comments; have ${this.comments}`)), timeoutMs);
+      this.waiters.push(() => {
+        if (this.comments < n) return false;
+        clearTimeout(timer);
+        resolve(this.comments);
+        return true;
+      });
+    });
+  }
+
+  /** Durable `message` events (those with an SSE id). */
+  messages() {
+    return this.events.filter((e) => e.event === "message" && e.frame.seq !== undefined);
+  }
+
+  abort() {
+    this.controller.abort();
+    return this.ended;
+  }
+}
+
+/**
+ * Opens `GET /v1/rooms/{room}/events`. `transport` is "header" (Authorization) or "query"
+ * (access_token). Resolves with an SseStream after its `welcome` event, or rejects with
+ * the HTTP status, headers and body like `connect`.
+ */
+export async function sse(base, room, tok, { transport = "header", query = "", headers = {} } = {}) {
+  const params = new URLSearchParams(query);
+  const h = { Accept: "text/event-stream", ...headers };
+  if (tok && transport === "header") h.Authorization = `Bearer ${tok}`;
+  if (tok && transport === "query") params.set("access_token", tok);
+  const qs = params.toString();
+  const controller = new AbortController();
+  const res = await fetch(`${base}/v1/rooms/${room}/events${qs ? `?${qs}` : ""}`, { headers: h, signal: controller.signal });
+  if (res.status !== 200) {
+    const text = await res.text();
+    const err = new Error(`HTTP ${res.status}: ${text}`);
+    err.status = res.status;
+    err.headers = res.headers;
+    try {
+      err.body = JSON.parse(text);
+    } catch {
+      err.body = text;
+    }
+    throw err;
+  }
+  const stream = new SseStream(res, controller);
+  const welcome = await stream.next((e) => e.event === "welcome", "welcome");
+  stream.welcome = welcome.frame;
+  stream.welcomeId = welcome.id;
+  return stream;
+}
+
+/**
+ * Resolves with the arguments of the first `event` an SDK client emits that satisfy
+ * `pred` (the SDK tests await its events, never a fixed time).
+ */
+export function when(client, event, pred = () => true, ms = 30_000, what = event) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out waiting for ${what} (state ${client.state}, transport ${client.transport})`));
+    }, ms);
+    const off = client.on(event, (...args) => {
+      if (!pred(...args)) return;
+      clearTimeout(timer);
+      off();
+      resolve(args);
+    });
+  });
+}
+

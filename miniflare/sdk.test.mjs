@@ -5,7 +5,7 @@
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { start, connect, token, userToken, now, uid } from "./helpers.mjs";
+import { start, connect, token, userToken, now, uid, when } from "./helpers.mjs";
 import { Roomcast } from "../client/dist/index.js";
 
 const MAX_CONNECTIONS = 2;
@@ -23,21 +23,6 @@ afterEach(() => {
 
 const FAST = { backoff: { baseMs: 25, capMs: 200, stableMs: 2000 }, connectTimeoutMs: 5000 };
 
-/** Resolves with the first `event` from `client` whose arguments satisfy `pred`. */
-function when(client, event, pred = () => true, ms = 15_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`timed out waiting for ${event}`));
-    }, ms);
-    const off = client.on(event, (...args) => {
-      if (!pred(...args)) return;
-      clearTimeout(timer);
-      off();
-      resolve(args);
-    });
-  });
-}
 
 /** A client whose sockets, token requests, errors and states are recorded. */
 function sdk(room, tokenFor, { headers = {}, ...options } = {}) {

@@ -1,6 +1,8 @@
 // The demo board: chat, live cursors and presence avatars on one Roomcast room, built on
 // the SDK (served from /sdk/, compiled from client/ by scripts/build). Tokens come from
 // the dev-only endpoint POST /v1/dev/token, which exists only when DEV_TOKENS=1.
+// The SDK picks the transport (`auto`: WebSocket, else Server-Sent Events, else
+// long-polling); `?transport=sse` (or `websocket`, `longpoll`) forces one.
 import { Roomcast } from "/sdk/index.js";
 
 const params = new URLSearchParams(location.search);
@@ -12,9 +14,12 @@ const color = `hsl(${hue} 65% 45%)`;
 const $ = (id) => document.getElementById(id);
 $("room").textContent = `#${roomName} as ${name}`;
 
+const transport = params.get("transport") ?? "auto";
+
 const room = new Roomcast({
   url: location.origin,
   room: roomName,
+  transport,
   token: async () => {
     const res = await fetch("/v1/dev/token", {
       method: "POST",
@@ -59,6 +64,10 @@ room.on("state", (s, detail) => {
   $("state").textContent = s === "closed" && detail.error ? `${s}: ${detail.error.code}` : s;
   $("state").title = detail.error?.message ?? "";
   $("state").dataset.state = s;
+  // Which transport carries the board: the one in use, or the one being tried.
+  $("transport").textContent = detail.transport;
+  $("transport").dataset.transport = detail.transport;
+  $("transport").title = detail.transport === "websocket" ? "WebSocket" : detail.transport === "sse" ? "Server-Sent Events, publishing over HTTP" : "long-polling, publishing over HTTP";
 });
 
 // Chat arrives as durable messages, once each and in order; cursors as ephemeral ones

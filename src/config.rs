@@ -23,6 +23,10 @@ pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
 /// its ephemeral messages and then closes it with 4009 (contract §C).
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 20;
 
+/// Default for `SSE_KEEPALIVE_SECS`: the longest an SSE stream goes without a byte (a
+/// comment line), under the 30 s idle timeout common in proxies and load balancers.
+pub const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 25;
+
 /// Numeric limits; the room reads these too, so they are a separate, `Copy` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -80,6 +84,137 @@ impl Limits {
     }
 }
 
+/// Default for `WEBHOOK_MAX_BATCH`.
+pub const DEFAULT_WEBHOOK_MAX_BATCH: u32 = 100;
+/// Default for `WEBHOOK_MAX_AGE_SECS`: a receiver may be down for a day without loss.
+pub const DEFAULT_WEBHOOK_MAX_AGE_SECS: u64 = 86_400;
+/// Largest `WEBHOOK_MAX_BATCH`: a batch is one request body, and 1,000 events of up to
+/// `MAX_MESSAGE_BYTES` each is already tens of megabytes.
+pub const MAX_WEBHOOK_BATCH: u32 = 1000;
+
+/// Which kinds of room events are forwarded (`WEBHOOK_EVENTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HookKinds {
+    /// Durable messages.
+    pub message: bool,
+    /// Presence joins and leaves.
+    pub presence: bool,
+    /// The room becoming occupied or vacated.
+    pub room: bool,
+}
+
+/// Webhooks to the application's backend (docs/protocol.md §15); present when
+/// `WEBHOOK_URL` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhooks {
+    /// Where events are POSTed (http or https).
+    pub url: String,
+    /// The URL's path and query, as signed.
+    pub path_and_query: String,
+    /// HMAC key for `Roomcast-Signature`.
+    pub secret: String,
+    /// Which kinds are forwarded.
+    pub kinds: HookKinds,
+    /// `event`-name patterns of messages to forward: exact, `prefix*` or `*`.
+    pub message_events: Vec<String>,
+    /// Events per request.
+    pub max_batch: u32,
+    /// How long an undeliverable event is retried before it becomes dead, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Webhooks {
+    /// Reads the webhook settings; `None` when `WEBHOOK_URL` is unset.
+    ///
+    /// # Errors
+    ///
+    /// `Misconfigured` naming the variable: a URL that is not http(s), a missing
+    /// `WEBHOOK_SECRET`, an unknown kind or a bad number.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let text = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(raw) = text("WEBHOOK_URL") else {
+            return Ok(None);
+        };
+        let bad = |why: &str| Error::Misconfigured(format!("WEBHOOK_URL {why}, got {raw:?}"));
+        let url = worker::Url::parse(&raw).map_err(|_| bad("must be an absolute URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad("must be an http:// or https:// URL with a host"));
+        }
+        let secret = text("WEBHOOK_SECRET").ok_or_else(|| {
+            Error::Misconfigured(
+                "WEBHOOK_URL is set but WEBHOOK_SECRET is not: every webhook is signed with it"
+                    .into(),
+            )
+        })?;
+        let mut kinds = HookKinds::default();
+        for kind in text("WEBHOOK_EVENTS")
+            .as_deref()
+            .unwrap_or("message")
+            .split(',')
+        {
+            match kind.trim() {
+                "message" => kinds.message = true,
+                "presence" => kinds.presence = true,
+                "room" => kinds.room = true,
+                "" => {}
+                other => {
+                    return Err(Error::Misconfigured(format!(
+                        "WEBHOOK_EVENTS lists {other:?}; the kinds are message, presence and room"
+                    )))
+                }
+            }
+        }
+        let message_events = text("WEBHOOK_MESSAGE_EVENTS")
+            .as_deref()
+            .unwrap_or("*")
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = message_events
+            .iter()
+            .find(|p| p.strip_suffix('*').unwrap_or(p).contains('*'))
+        {
+            return Err(Error::Misconfigured(format!(
+                "WEBHOOK_MESSAGE_EVENTS pattern {bad:?}: use an exact name, a prefix ending in *, or *"
+            )));
+        }
+        let max_batch = number(get, "WEBHOOK_MAX_BATCH", DEFAULT_WEBHOOK_MAX_BATCH)?;
+        if max_batch > MAX_WEBHOOK_BATCH {
+            return Err(Error::Misconfigured(format!(
+                "WEBHOOK_MAX_BATCH must be at most {MAX_WEBHOOK_BATCH}, got {max_batch}"
+            )));
+        }
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        Ok(Some(Webhooks {
+            url: url.to_string(),
+            path_and_query,
+            secret,
+            kinds,
+            message_events,
+            max_batch,
+            max_age_secs: number(get, "WEBHOOK_MAX_AGE_SECS", DEFAULT_WEBHOOK_MAX_AGE_SECS)?,
+        }))
+    }
+
+    /// Whether a message with this `event` name is forwarded.
+    pub fn forwards_event(&self, event: &str) -> bool {
+        self.message_events
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => event.starts_with(prefix),
+                None => p == event,
+            })
+    }
+}
+
 /// Everything the Worker needs to authenticate and route a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -98,8 +233,12 @@ pub struct Config {
     /// `DEV_TOKENS=1`: serve `POST /v1/dev/token` for the local demo. Never set it in
     /// production: anyone could mint tokens for `demo-*` rooms.
     pub dev_tokens: bool,
+    /// Seconds between keep-alive comments on an SSE stream (docs/protocol.md §13).
+    pub sse_keepalive_secs: u64,
     /// Numeric limits.
     pub limits: Limits,
+    /// Webhooks to the backend, when configured.
+    pub webhooks: Option<Webhooks>,
 }
 
 impl Config {
@@ -132,7 +271,9 @@ impl Config {
             api_secret: text("API_SECRET"),
             allowed_origins,
             dev_tokens: matches!(text("DEV_TOKENS").as_deref(), Some("1" | "true")),
+            sse_keepalive_secs: number(get, "SSE_KEEPALIVE_SECS", DEFAULT_SSE_KEEPALIVE_SECS)?,
             limits: Limits::from_lookup(get)?,
+            webhooks: Webhooks::from_lookup(get)?,
         })
     }
 
@@ -195,6 +336,62 @@ mod tests {
         assert!(e.to_string().contains("HISTORY_LIMIT"));
         let e = Limits::from_lookup(&lookup(&[("MAX_MESSAGE_BYTES", "0")])).unwrap_err();
         assert!(e.to_string().contains("MAX_MESSAGE_BYTES"));
+    }
+
+    #[test]
+    fn webhooks_are_validated_with_the_variable_named() {
+        let get = |pairs: &[(&str, &str)]| Webhooks::from_lookup(&lookup(pairs));
+        assert_eq!(get(&[]), Ok(None));
+        let e = get(&[("WEBHOOK_URL", "https://b.example/hook")]).unwrap_err();
+        assert!(e.to_string().contains("WEBHOOK_SECRET"), "{e}");
+        let e = get(&[("WEBHOOK_URL", "ftp://b.example/"), ("WEBHOOK_SECRET", "s")]).unwrap_err();
+        assert_eq!(e.code(), "misconfigured");
+        assert!(e.to_string().contains("WEBHOOK_URL"));
+        let e = get(&[("WEBHOOK_URL", "/relative"), ("WEBHOOK_SECRET", "s")]).unwrap_err();
+        assert!(e.to_string().contains("WEBHOOK_URL"));
+        let base = [
+            ("WEBHOOK_URL", "http://127.0.0.1:9/in?x=1"),
+            ("WEBHOOK_SECRET", "s"),
+        ];
+        let w = get(&base).unwrap().unwrap();
+        assert_eq!(w.path_and_query, "/in?x=1");
+        assert_eq!(
+            w.kinds,
+            HookKinds {
+                message: true,
+                ..HookKinds::default()
+            }
+        );
+        assert_eq!((w.max_batch, w.max_age_secs), (100, 86_400));
+        assert!(w.forwards_event("anything"));
+        let mut pairs = base.to_vec();
+        pairs.extend([
+            ("WEBHOOK_EVENTS", "presence, room"),
+            ("WEBHOOK_MESSAGE_EVENTS", "chat,order.*"),
+        ]);
+        let w = get(&pairs).unwrap().unwrap();
+        assert_eq!(
+            w.kinds,
+            HookKinds {
+                message: false,
+                presence: true,
+                room: true
+            }
+        );
+        assert!(w.forwards_event("chat") && w.forwards_event("order.paid"));
+        assert!(!w.forwards_event("chats") && !w.forwards_event("cursor"));
+        for (name, value) in [
+            ("WEBHOOK_EVENTS", "messages"),
+            ("WEBHOOK_MESSAGE_EVENTS", "a*b"),
+            ("WEBHOOK_MAX_BATCH", "0"),
+            ("WEBHOOK_MAX_BATCH", "5000"),
+            ("WEBHOOK_MAX_AGE_SECS", "soon"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((name, value));
+            let e = get(&pairs).unwrap_err();
+            assert!(e.to_string().contains(name), "{name}={value}: {e}");
+        }
     }
 
     #[test]

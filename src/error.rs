@@ -172,6 +172,7 @@ impl Error {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
+                retry_after_ms: self.retry_after_ms(),
             },
         }
     }
@@ -191,6 +192,10 @@ pub struct ErrorDetail {
     pub code: &'static str,
     /// A message a developer can act on.
     pub message: String,
+    /// For `rate_limited`: how long to wait before retrying, in ms (the HTTP answer also
+    /// carries `Retry-After` in whole seconds, rounded up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// WebSocket close codes from contract §5 and the v1.1 additions (docs/protocol.md).

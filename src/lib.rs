@@ -11,6 +11,8 @@
 //! * [`room`]: the Room Durable Object, glue over [`room::core`] (the room's rules as a
 //!   state machine: events in, effects out) and [`room::log`] (sequence and dedup in SQLite).
 //! * [`runtime`]: clock, randomness, responses and log lines at the runtime's edge.
+//! * [`transport`]: SSE, long-poll and HTTP publish for clients without WebSockets, relayed
+//!   to the room over an internal hibernatable WebSocket.
 
 pub mod auth;
 pub mod config;
@@ -19,3 +21,4 @@ pub mod protocol;
 pub mod room;
 pub mod router;
 pub mod runtime;
+pub mod transport;

@@ -15,8 +15,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{check_event, check_publish, check_room, null_raw, valid_tenant};
 use crate::room::commands::disconnect::DisconnectRequest;
-use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult};
+use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult, Transport};
 use crate::runtime::{error_response, json_response, log_line, now_ms};
+use crate::transport;
 
 /// The subprotocol a browser offers and the server answers (contract §4).
 pub const SUBPROTOCOL: &str = "roomcast.v1";
@@ -39,7 +40,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     // signatures, so neither is ever logged.
     let path = req.path();
     let method = req.method().to_string();
-    Ok(match route(req, &env).await {
+    let cors_origin = cors_origin(&req, &env, &path);
+    let mut resp = match route(req, &env).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = e.status().to_string();
@@ -54,7 +56,22 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
             );
             error_response(&e)
         }
-    })
+    };
+    if let Some(origin) = cors_origin {
+        transport::cors::decorate(resp.headers_mut(), &origin);
+    }
+    Ok(resp)
+}
+
+/// The `Origin` to answer with CORS headers: only on the client HTTP routes, and only
+/// when it is allowed (a refused origin gets its `403` without them).
+fn cors_origin(req: &Request, env: &Env, path: &str) -> Option<String> {
+    if !transport::cors::applies(path) {
+        return None;
+    }
+    let origin = header(req, "Origin")?;
+    let (config, _) = load(env).ok()?;
+    config.origin_allowed(&origin).then_some(origin)
 }
 
 async fn route(req: Request, env: &Env) -> Result<Response> {
@@ -71,6 +88,23 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
             only(&method, &[Method::Get], "GET")?;
             connect(&req, &url, env, room).await
         }
+        // The client HTTP transports (docs/protocol.md §13); CORS is added in `fetch`.
+        ["v1", "rooms", _, "events" | "poll" | "publish"] if method == Method::Options => {
+            let (config, _) = load(env)?;
+            transport::cors::preflight(&req, &config)
+        }
+        ["v1", "rooms", room, "events"] => {
+            only(&method, &[Method::Get], "GET, OPTIONS")?;
+            transport::sse::serve(&req, &url, env, room).await
+        }
+        ["v1", "rooms", room, "poll"] => {
+            only(&method, &[Method::Get], "GET, OPTIONS")?;
+            transport::poll::serve(&req, &url, env, room).await
+        }
+        ["v1", "rooms", room, "publish"] => {
+            only(&method, &[Method::Post], "POST, OPTIONS")?;
+            transport::publish::serve(req, &url, env, room).await
+        }
         ["v1", "rooms", room, "messages"] => {
             only(&method, &[Method::Post, Method::Get], "GET, POST")?;
             if method == Method::Get {
@@ -86,6 +120,22 @@ async fn route(req: Request, env: &Env) -> Result<Response> {
         ["v1", "rooms", room] => {
             only(&method, &[Method::Get], "GET")?;
             info(req, &url, env, room).await
+        }
+        ["v1", "rooms", room, "webhooks"] => {
+            only(&method, &[Method::Get], "GET")?;
+            webhooks(req, &url, env, room, Method::Get, rpc::path::WEBHOOKS).await
+        }
+        ["v1", "rooms", room, "webhooks", "retry"] => {
+            only(&method, &[Method::Post], "POST")?;
+            webhooks(
+                req,
+                &url,
+                env,
+                room,
+                Method::Post,
+                rpc::path::WEBHOOKS_RETRY,
+            )
+            .await
         }
         ["v1", "dev", "token"] => dev_token(req, env).await,
         ["v1", "broadcast"] => {
@@ -112,7 +162,7 @@ thread_local! {
     static LOADED: RefCell<Option<(Rc<Config>, Rc<Verifier>)>> = const { RefCell::new(None) };
 }
 
-fn load(env: &Env) -> Result<(Rc<Config>, Rc<Verifier>)> {
+pub(crate) fn load(env: &Env) -> Result<(Rc<Config>, Rc<Verifier>)> {
     if let Some(loaded) = LOADED.with(|cell| cell.borrow().clone()) {
         return Ok(loaded);
     }
@@ -124,11 +174,11 @@ fn load(env: &Env) -> Result<(Rc<Config>, Rc<Verifier>)> {
     Ok(loaded)
 }
 
-fn header(req: &Request, name: &str) -> Option<String> {
+pub(crate) fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
 }
 
-fn query(url: &Url, name: &str) -> Option<String> {
+pub(crate) fn query(url: &Url, name: &str) -> Option<String> {
     url.query_pairs()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -280,7 +330,7 @@ async fn relay_room_refusal(req: &Request, mut resp: Response) -> Result<Respons
 
 /// The error in a room's JSON error body (`{"error":{"code","message"}}`), for the codes
 /// that have a browser close code.
-fn room_refusal(body: &[u8]) -> Option<Error> {
+pub(crate) fn room_refusal(body: &[u8]) -> Option<Error> {
     #[derive(Deserialize)]
     struct Body {
         error: Detail,
@@ -313,14 +363,111 @@ async fn open_socket(req: &Request, url: &Url, env: &Env, room: &str) -> Result<
         return Err(Error::UpgradeRequired);
     }
     let (config, verifier) = load(env)?;
-    if let Some(origin) = header(req, "Origin") {
-        if !config.origin_allowed(&origin) {
-            return Err(Error::OriginNotAllowed(format!(
-                "origin {:?} is not in ALLOWED_ORIGINS",
-                origin.chars().take(128).collect::<String>()
-            )));
+    let user = authorize_user(req, url, &config, &verifier, room)?;
+    user.require_read(room)?;
+    let (since, epoch) = resume_query(url)?;
+    let session = user.session(
+        room,
+        since,
+        epoch,
+        presence_query(url)?,
+        Transport::WebSocket,
+    );
+    forward_connect(env, user.tenant.as_deref(), &session).await
+}
+
+/// A user token verified for one room: who, in which tenant, with which rights.
+pub struct UserAccess {
+    /// The verified token.
+    pub identity: Identity,
+    /// The tenant the request acts in (the token's).
+    pub tenant: Option<String>,
+    /// `read`/`write` on the room.
+    pub perms: auth::Perms,
+    /// Whether the client offered the `roomcast.v1` subprotocol.
+    pub offered: bool,
+}
+
+impl UserAccess {
+    /// # Errors
+    ///
+    /// `Forbidden` without `read` on `room`.
+    pub fn require_read(&self, room: &str) -> Result<()> {
+        if self.perms.read {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this token has no \"read\" permission on room {room:?}"
+            )))
         }
     }
+
+    /// # Errors
+    ///
+    /// `Forbidden` without `write` on `room`.
+    pub fn require_write(&self, room: &str) -> Result<()> {
+        if self.perms.write {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this token has no \"write\" permission on room {room:?}"
+            )))
+        }
+    }
+
+    /// The verified session the room is handed on connect.
+    pub fn session(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        epoch: Option<String>,
+        presence: bool,
+        transport: Transport,
+    ) -> ConnectRequest {
+        ConnectRequest {
+            room: room.to_string(),
+            user: self.identity.user.clone(),
+            write: self.perms.write,
+            exp: self.identity.exp,
+            info: self.identity.info.clone(),
+            subprotocol: self.offered && transport == Transport::WebSocket,
+            since,
+            epoch,
+            presence,
+            transport,
+        }
+    }
+}
+
+/// Refuses a browser `Origin` that `ALLOWED_ORIGINS` does not list.
+///
+/// # Errors
+///
+/// `OriginNotAllowed`.
+pub fn check_origin(req: &Request, config: &Config) -> Result<()> {
+    match header(req, "Origin") {
+        Some(origin) if !config.origin_allowed(&origin) => Err(Error::OriginNotAllowed(format!(
+            "origin {:?} is not in ALLOWED_ORIGINS",
+            origin.chars().take(128).collect::<String>()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The checks every user route shares (socket, SSE, long-poll, client publish), in this
+/// order: origin, token present, token valid, not a service token, tenant.
+///
+/// # Errors
+///
+/// `OriginNotAllowed`, `MissingToken`, `InvalidToken`, `TokenExpired`, `Forbidden`.
+pub fn authorize_user(
+    req: &Request,
+    url: &Url,
+    config: &Config,
+    verifier: &Verifier,
+    room: &str,
+) -> Result<UserAccess> {
+    check_origin(req, config)?;
     let (token, offered) = extract_token(
         header(req, "Sec-WebSocket-Protocol").as_deref(),
         header(req, "Authorization").as_deref(),
@@ -330,49 +477,67 @@ async fn open_socket(req: &Request, url: &Url, env: &Env, room: &str) -> Result<
     let identity = verifier.verify(&token, now_secs())?;
     if identity.server {
         return Err(Error::Forbidden(
-            "service tokens (scope \"server\") cannot open sockets; use a user token with a rooms claim".into(),
+            "service tokens (scope \"server\") cannot join rooms as clients; use a user token with a rooms claim".into(),
         ));
     }
     let tenant = tenant_of(&identity, url)?;
     let perms = identity.perms_for(room);
-    if !perms.read {
-        return Err(Error::Forbidden(format!(
-            "this token has no \"read\" permission on room {room:?}"
-        )));
-    }
+    Ok(UserAccess {
+        identity,
+        tenant,
+        perms,
+        offered,
+    })
+}
+
+/// `?since=&epoch=` (docs/protocol.md §6).
+///
+/// # Errors
+///
+/// `BadRequest` when `since` is not a non-negative integer.
+pub fn resume_query(url: &Url) -> Result<(Option<u64>, Option<String>)> {
     let since = match query(url, "since") {
         None => None,
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
             Error::BadRequest("since must be a non-negative integer (the last seq you saw)".into())
         })?),
     };
-    let presence = match query(url, "presence").as_deref() {
-        None | Some("on") => true,
-        Some("off") => false,
-        Some(other) => {
-            return Err(Error::BadRequest(format!(
-                "presence must be \"on\" or \"off\" (off: this socket gets no join/leave frames), not {:?}",
-                other.chars().take(32).collect::<String>()
-            )))
-        }
-    };
-    let session = ConnectRequest {
-        room: room.to_string(),
-        user: identity.user,
-        write: perms.write,
-        exp: identity.exp,
-        info: identity.info,
-        subprotocol: offered,
-        since,
-        epoch: query(url, "epoch"),
-        presence,
-    };
+    Ok((since, query(url, "epoch")))
+}
+
+/// `?presence=on|off` (docs/protocol.md §4).
+///
+/// # Errors
+///
+/// `BadRequest` for anything but `on` and `off`.
+pub fn presence_query(url: &Url) -> Result<bool> {
+    match query(url, "presence").as_deref() {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(Error::BadRequest(format!(
+            "presence must be \"on\" or \"off\" (off: this connection gets no join/leave frames), not {:?}",
+            other.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+/// Hands a verified session to its room as an internal WebSocket upgrade and returns the
+/// room's answer (101 with the socket, or its refusal).
+///
+/// # Errors
+///
+/// `Internal` when the room cannot be reached.
+pub async fn forward_connect(
+    env: &Env,
+    tenant: Option<&str>,
+    session: &ConnectRequest,
+) -> Result<Response> {
     let headers = Headers::new();
     headers.set("Upgrade", "websocket").map_err(internal)?;
-    let json = serde_json::to_string(&session).map_err(|e| Error::Internal(e.to_string()))?;
+    let json = serde_json::to_string(session).map_err(|e| Error::Internal(e.to_string()))?;
     headers.set(rpc::SESSION_HEADER, &json).map_err(internal)?;
     let forward = internal_request(rpc::path::CONNECT, Method::Get, headers, None)?;
-    room_stub(env, tenant.as_deref(), room)?
+    room_stub(env, tenant, &session.room)?
         .fetch_with_request(forward)
         .await
         .map_err(internal)
@@ -500,7 +665,7 @@ fn publish_id(body_id: Option<String>, ephemeral: bool, req: &Request) -> Result
     event_id(body_id, req).map(Some)
 }
 
-async fn publish_to_room(
+pub(crate) async fn publish_to_room(
     env: &Env,
     tenant: Option<&str>,
     request: &PublishRequest,
@@ -538,6 +703,7 @@ async fn publish(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<R
         exclude_conn: body.exclude_conn,
         ephemeral: body.ephemeral,
         key: body.key,
+        client: None,
     };
     publish_to_room(env, tenant.as_deref(), &request).await
 }
@@ -588,6 +754,7 @@ async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
             exclude_conn: None,
             ephemeral: false,
             key: None,
+            client: None,
         };
         async move {
             check_room(&request.room)?;
@@ -712,6 +879,25 @@ async fn disconnect(mut req: Request, url: &Url, env: &Env, room: &str) -> Resul
         .map_err(internal)
 }
 
+/// `GET /v1/rooms/{room}/webhooks` and `POST /v1/rooms/{room}/webhooks/retry`.
+async fn webhooks(
+    mut req: Request,
+    url: &Url,
+    env: &Env,
+    room: &str,
+    method: Method,
+    path: &str,
+) -> Result<Response> {
+    check_room(room)?;
+    let (config, verifier) = load(env)?;
+    let (tenant, _) = server_auth(&mut req, url, &config, &verifier).await?;
+    let forward = internal_request(path, method, Headers::new(), None)?;
+    room_stub(env, tenant.as_deref(), room)?
+        .fetch_with_request(forward)
+        .await
+        .map_err(internal)
+}
+
 /// Forwards a read-only request to a room and returns its answer as is.
 async fn room_get(env: &Env, tenant: Option<&str>, room: &str, path: &str) -> Result<Response> {
     let forward = internal_request(path, Method::Get, Headers::new(), None)?;
@@ -721,7 +907,7 @@ async fn room_get(env: &Env, tenant: Option<&str>, room: &str, path: &str) -> Re
         .map_err(internal)
 }
 
-fn internal(e: worker::Error) -> Error {
+pub(crate) fn internal(e: worker::Error) -> Error {
     Error::Internal(e.to_string())
 }
 

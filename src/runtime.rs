@@ -26,6 +26,15 @@ pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
+/// A random 32-bit number (for retry jitter).
+pub fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes = (now_ms() as u32).to_le_bytes();
+    }
+    u32::from_le_bytes(bytes)
+}
+
 /// A JSON response with the given status.
 ///
 /// # Errors
@@ -59,6 +68,9 @@ pub fn error_response(e: &Error) -> Response {
     }
     if let Error::MethodNotAllowed(allow) = e {
         let _ = headers.set("Allow", allow);
+    }
+    if let Some(ms) = e.retry_after_ms() {
+        let _ = headers.set("Retry-After", &ms.div_ceil(1000).max(1).to_string());
     }
     Response::builder()
         .with_status(e.status())

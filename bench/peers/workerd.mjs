@@ -9,6 +9,11 @@
 // swap files under a running benchmark), BENCH_PARTYSERVER_BUNDLE at the esbuild bundle.
 // Prints one JSON line {"url": ..., "pid": ...} when ready; exits on SIGTERM or when
 // stdin closes.
+//
+// Deploy storms (bench/run.mjs `storm`): with BENCH_PERSIST=<dir> the Durable Objects'
+// SQLite lives in <dir> (on /dev/shm, see docs/performance.md), and SIGUSR2 restarts
+// workerd over it on the same port — what a deploy does to a room: every socket drops,
+// storage survives. A new JSON line with the new PID follows each restart.
 import { readdirSync, readFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,8 +72,11 @@ if (!configs[peer]) {
   process.exit(2);
 }
 
-const mf = new Miniflare({
+const persist = process.env.BENCH_PERSIST;
+const options = (port) => ({
   ...configs[peer](),
+  ...(persist ? { durableObjectsPersist: persist } : {}),
+  ...(port ? { host: "127.0.0.1", port } : {}),
   // bench/profile.mjs attaches V8's CPU profiler through the inspector.
   ...(process.env.BENCH_INSPECTOR_PORT ? { inspectorPort: Number(process.env.BENCH_INSPECTOR_PORT) } : {}),
   compatibilityDate,
@@ -81,7 +89,8 @@ const mf = new Miniflare({
     });
   },
 });
-const url = await mf.ready;
+let mf = new Miniflare(options());
+let url = await mf.ready;
 
 /** The workerd process Miniflare started: our child whose command is workerd. */
 function workerdPid() {
@@ -99,10 +108,21 @@ function workerdPid() {
   return null;
 }
 
-const pid = workerdPid();
-process.stdout.write(JSON.stringify({ url: url.href.replace(/\/$/, ""), pid }) + "\n");
+process.stdout.write(JSON.stringify({ url: url.href.replace(/\/$/, ""), pid: workerdPid() }) + "\n");
 
 let closing = false;
+let restarting = false;
+process.on("SIGUSR2", async () => {
+  if (restarting || closing) return;
+  restarting = true;
+  const port = Number(url.port);
+  const t0 = Date.now();
+  await mf.dispose().catch(() => {});
+  mf = new Miniflare(options(port));
+  url = await mf.ready;
+  process.stdout.write(JSON.stringify({ url: url.href.replace(/\/$/, ""), pid: workerdPid(), restarted_ms: Date.now() - t0 }) + "\n");
+  restarting = false;
+});
 async function shutdown() {
   if (closing) return;
   closing = true;

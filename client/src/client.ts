@@ -1,5 +1,8 @@
 // The Roomcast client: one room, one logical connection that survives reconnects.
 //
+// * Transports: a WebSocket, Server-Sent Events or long-polling (contract v1.1 §D); `auto`
+//   falls back in that order while a transport cannot open, then sticks to the first
+//   one that did. On SSE and long-poll, publishes and signals go over HTTP POST.
 // * Connection: token in the subprotocol list, heartbeat, close-code policy, backoff.
 // * Resume: remembers (epoch, seq), reconnects with ?since&epoch, drops seq it has seen,
 //   reports what it cannot recover as `resync`.
@@ -15,8 +18,10 @@ import {
   ROOM_PATTERN,
   RETRYABLE_PUBLISH_ERRORS,
   RoomcastError,
+  TRANSPORT_ORDER,
   backoffDelay,
   endPolicy,
+  httpRefusal,
   randomId,
   receiptDue,
   REFUSAL_CLOSE_CODES,
@@ -29,7 +34,11 @@ import type {
   EphemeralAckFrame,
   EphemeralMessageFrame,
   ErrorFrame,
+  EventSourceConstructor,
+  EventSourceLike,
+  FetchLike,
   MessageFrame,
+  PollAnswer,
   PresenceEvent,
   PresenceFrame,
   PresenceUser,
@@ -43,6 +52,8 @@ import type {
   Timers,
   TokenContext,
   TokenProvider,
+  TransportName,
+  TransportOption,
   UrlProvider,
   WebSocketConstructor,
   WebSocketLike,
@@ -63,8 +74,13 @@ export interface RoomcastEvents {
   resync: (event: ResyncEvent) => void;
   /** Something went wrong; `error.fatal` means the client has stopped. */
   error: (error: RoomcastError) => void;
-  /** Every `welcome` frame (connection id, epoch, resume outcome). */
+  /** Every `welcome` frame (connection id, epoch, resume outcome); none on long-poll. */
   welcome: (welcome: WelcomeFrame) => void;
+  /**
+   * `transport: "auto"` moved on to another transport because `previous` could not open
+   * (`reason` says how it failed). Not emitted for reconnects on the same transport.
+   */
+  transport: (transport: TransportName, detail: { previous: TransportName; reason: string }) => void;
 }
 
 const OPEN = 1;
@@ -76,6 +92,10 @@ const MAX_REMEMBERED_CONNS = 64;
  * answering; the oldest are then forgotten rather than held without bound.
  */
 const MAX_UNANSWERED_SIGNALS = 1000;
+/** Signals posted over HTTP and not yet answered; more are dropped (`signal` → false). */
+const MAX_HTTP_SIGNALS = 4;
+/** Ids of own signals sent over HTTP without echo, remembered to drop them if they come back. */
+const MAX_OWN_SIGNAL_IDS = 256;
 
 interface Waiter {
   resolve: (r: PublishResult) => void;
@@ -84,8 +104,13 @@ interface Waiter {
 
 interface Entry {
   id: string;
+  /** The WebSocket frame. */
   frame: string;
+  /** The HTTP publish body: the frame without `type`. */
+  body: string;
   echo: boolean;
+  /** Whether it was ever posted over HTTP (so a message with its id may be its own). */
+  viaHttp: boolean;
   /** queued: to send; inflight: sent on the current connection, unanswered. */
   status: "queued" | "inflight";
   waiters: Waiter[];
@@ -96,7 +121,20 @@ interface Entry {
 }
 
 interface Conn {
-  ws: WebSocketLike;
+  transport: TransportName;
+  /** `websocket`: the socket. */
+  ws?: WebSocketLike;
+  /** `sse`: the event stream. */
+  es?: EventSourceLike;
+  /** `longpoll`: aborts the poll under way. */
+  abort?: AbortController;
+  /** `sse`: the stream's URL (which carries the token), for the failure probe. */
+  url?: string;
+  /** The Worker's base URL and the token of this attempt (HTTP publishes use them). */
+  base: string;
+  token: string;
+  /** `longpoll`: whether the first poll asked to resume (an epoch was known). */
+  resumed?: boolean;
   welcomed: boolean;
   id?: string;
   /** The reason this attempt's token was asked for with. */
@@ -128,6 +166,12 @@ interface Conn {
   stableTimer?: unknown;
 }
 
+/** The HTTP publish under way (one at a time, so a client's publishes keep their order). */
+interface HttpPublish {
+  entry: Entry;
+  abort: AbortController | undefined;
+}
+
 const defaultTimers: Timers = {
   setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
   clearTimeout: (h) => globalThis.clearTimeout(h),
@@ -136,7 +180,14 @@ const defaultTimers: Timers = {
 export class Roomcast extends Emitter<RoomcastEvents> {
   readonly room: string;
 
-  private readonly WS: WebSocketConstructor;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly ES: EventSourceConstructor | undefined;
+  private readonly fetchFn: FetchLike | undefined;
+  private readonly auto: boolean;
+  /** The transports this client may use, in fallback order. */
+  private readonly transports: TransportName[];
+  private readonly fallbackAfter: number;
+  private readonly pollTimeoutSecs: number;
   private readonly token: string | TokenProvider;
   private readonly url: string | URL | UrlProvider;
   private readonly tenant: string | undefined;
@@ -183,6 +234,18 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   private readonly members = new Map<string, unknown>();
   private readonly outbox = new Map<string, Entry>();
 
+  /** Index in `transports` of the one in use (or tried next). */
+  private transportIndex = 0;
+  /** Consecutive attempts the current transport failed to open (`auto`). */
+  private openFailures = 0;
+  /** Whether any transport has opened: `auto` then stays on it. */
+  private proven = false;
+  private httpPublish: HttpPublish | null = null;
+  /** Consecutive HTTP publishes that failed on the network (for their backoff). */
+  private httpFailures = 0;
+  private httpSignals = 0;
+  private readonly ownSignalIds = new Set<string>();
+
   constructor(options: RoomcastOptions) {
     super();
     if (!options || typeof options !== "object") throw new TypeError("Roomcast: options are required");
@@ -194,12 +257,35 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       throw new TypeError("Roomcast: `token` must be a string or a function returning one");
     }
     if (options.url === undefined || options.url === null) throw new TypeError("Roomcast: `url` is required");
-    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (typeof WS !== "function") {
+    const mode: TransportOption = options.transport ?? "auto";
+    if (mode !== "auto" && !(TRANSPORT_ORDER as readonly string[]).includes(mode)) {
+      throw new TypeError(`Roomcast: unknown transport ${JSON.stringify(mode)}; use "auto", "websocket", "sse" or "longpoll"`);
+    }
+    const g = globalThis as { WebSocket?: WebSocketConstructor; EventSource?: EventSourceConstructor; fetch?: FetchLike };
+    const WS = options.WebSocket ?? g.WebSocket;
+    const ES = options.EventSource ?? g.EventSource;
+    // Called as a plain function: a browser's fetch throws when called as another object's method.
+    const fetchFn: FetchLike | undefined = options.fetch ?? (typeof g.fetch === "function" ? (url, init) => (globalThis as { fetch: FetchLike }).fetch(url, init) : undefined);
+    const usable = (t: TransportName) =>
+      t === "websocket" ? typeof WS === "function" : t === "sse" ? typeof ES === "function" && typeof fetchFn === "function" : typeof fetchFn === "function";
+    if (mode === "websocket" && !usable("websocket")) {
       throw new TypeError("Roomcast: no global WebSocket here; pass one, e.g. `WebSocket` from the `ws` package");
     }
+    if (mode === "sse" && !usable("sse")) {
+      throw new TypeError("Roomcast: transport \"sse\" needs an EventSource and fetch; pass `EventSource` (e.g. from the `eventsource` package) and `fetch`");
+    }
+    if (mode === "longpoll" && !usable("longpoll")) throw new TypeError("Roomcast: transport \"longpoll\" needs fetch; pass `fetch`");
+    this.transports = mode === "auto" ? TRANSPORT_ORDER.filter(usable) : [mode];
+    if (this.transports.length === 0) {
+      throw new TypeError("Roomcast: no WebSocket, EventSource or fetch here; pass `WebSocket` (e.g. from the `ws` package) or `fetch`");
+    }
+    this.auto = mode === "auto";
     this.room = room;
     this.WS = WS;
+    this.ES = ES;
+    this.fetchFn = fetchFn;
+    this.fallbackAfter = Math.floor(positive(options.fallbackAfter, 2));
+    this.pollTimeoutSecs = Math.min(30, Math.max(1, Math.floor(positive(options.pollTimeoutSecs, 25))));
     this.token = options.token;
     this.url = options.url;
     this.tenant = options.tenant;
@@ -235,6 +321,13 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   /** Current connection state. */
   get state(): ConnectionState {
     return this._state;
+  }
+  /**
+   * The transport in use (`websocket`, `sse` or `longpoll`), or the one being tried while
+   * connecting. With `transport: "auto"` it changes only while no transport has opened yet.
+   */
+  get transport(): TransportName {
+    return this.transports[this.transportIndex] ?? "websocket";
   }
   /** The room's epoch as last seen, or null before the first `welcome`. */
   get epoch(): string | null {
@@ -288,8 +381,10 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     }
     const echo = options.echo ?? this.echo;
     let frame: string;
+    let body: string;
     try {
       frame = JSON.stringify({ type: "publish", id, event, data: data === undefined ? null : data, echo });
+      body = JSON.stringify({ id, event, data: data === undefined ? null : data, echo });
     } catch (err) {
       return Promise.reject(new RoomcastError("bad_data", `data is not JSON-serialisable: ${String(err)}`, { id, cause: err }));
     }
@@ -298,7 +393,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       return Promise.reject(new RoomcastError("too_large", `publish frame is ${bytes} bytes; the limit is ${this.maxMessageBytes}`, { id }));
     }
     return new Promise((resolve, reject) => {
-      this.outbox.set(id, { id, frame, echo, status: "queued", waiters: [{ resolve, reject }], failures: 0, sentAt: 0 });
+      this.outbox.set(id, { id, frame, body, echo, viaHttp: false, status: "queued", waiters: [{ resolve, reject }], failures: 0, sentAt: 0 });
       this.pump();
     });
   }
@@ -341,7 +436,21 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       throw new RoomcastError("too_large", `signal frame is ${bytes} bytes; the limit is ${this.maxMessageBytes}`);
     }
     const conn = this.conn;
-    if (this.stopped || !conn || !conn.welcomed || conn.ws.readyState !== OPEN || this.pauseTimer !== undefined) return false;
+    if (this.stopped || !conn || !conn.welcomed || this.pauseTimer !== undefined) return false;
+    if (!conn.ws) {
+      // SSE and long-poll: POST it. Fire-and-forget as on a socket, but a few at most at
+      // once: a browser allows only ~6 connections per origin (and the stream holds one).
+      if (this.httpSignals >= MAX_HTTP_SIGNALS) return false;
+      const body = JSON.stringify({ ephemeral: true, id, event, data: data === undefined ? null : data, echo, ...(key !== undefined ? { key } : {}) });
+      if (!echo) {
+        // The server cannot tell this client's stream from others: drop it if it comes back.
+        this.ownSignalIds.add(id);
+        if (this.ownSignalIds.size > MAX_OWN_SIGNAL_IDS) this.ownSignalIds.delete(this.ownSignalIds.values().next().value as string);
+      }
+      void this.postSignal(conn, body);
+      return true;
+    }
+    if (conn.ws.readyState !== OPEN) return false;
     try {
       conn.ws.send(frame);
     } catch {
@@ -408,16 +517,17 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     this.clearTimer(this.attemptTimer);
     this.attemptTimer = undefined;
 
-    let ws: WebSocketLike;
-    try {
-      ws = new this.WS(this.endpoint(base), [SUBPROTOCOL, `roomcast.bearer.${token}`]);
-    } catch (err) {
-      this.emitError(new RoomcastError("handshake", `could not open a WebSocket: ${errorMessage(err)}`, { cause: err }));
-      this.scheduleRetry({ reason: "WebSocket constructor failed" });
-      return;
-    }
-    const conn: Conn = {
-      ws,
+    const transport = this.transport;
+    if (transport === "websocket") this.openWebSocket(token, base, tokenReason);
+    else if (transport === "sse") this.openEventSource(token, base, tokenReason);
+    else this.openLongPoll(token, base, tokenReason);
+  }
+
+  private newConn(transport: TransportName, token: string, base: string, tokenReason: TokenContext["reason"]): Conn {
+    return {
+      transport,
+      base,
+      token,
       welcomed: false,
       tokenReason,
       inflight: [],
@@ -428,6 +538,19 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       receivedAtReceipt: 0,
       charsSinceReceipt: 0,
     };
+  }
+
+  private openWebSocket(token: string, base: string, tokenReason: TokenContext["reason"]): void {
+    let ws: WebSocketLike;
+    try {
+      ws = new (this.WS as WebSocketConstructor)(this.endpoint(base, "ws"), [SUBPROTOCOL, `roomcast.bearer.${token}`]);
+    } catch (err) {
+      this.emitError(new RoomcastError("handshake", `could not open a WebSocket: ${errorMessage(err)}`, { cause: err }));
+      this.failedToOpen("WebSocket constructor failed", { immediate: true });
+      return;
+    }
+    const conn = this.newConn("websocket", token, base, tokenReason);
+    conn.ws = ws;
     this.conn = conn;
     ws.addEventListener("message", (ev: { data?: unknown }) => this.onData(conn, ev.data));
     ws.addEventListener("close", (ev: { code?: number; reason?: string }) => this.onLost(conn, ev.code ?? 1006, ev.reason || "closed"));
@@ -439,19 +562,218 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     conn.connectTimer = this.timers.setTimeout(() => this.onLost(conn, 1006, "timed out waiting for welcome"), this.connectTimeoutMs);
   }
 
-  private endpoint(base: string): string {
+  /**
+   * SSE (contract v1.1 §D): every server frame is an event named by its `type`; the token
+   * travels as `?access_token=` because EventSource cannot set headers. The client does
+   * its own reconnecting (a fresh token, `?since=&epoch=`), so it closes the EventSource on
+   * its first error instead of letting it retry with the old URL.
+   */
+  private openEventSource(token: string, base: string, tokenReason: TokenContext["reason"]): void {
+    const url = this.endpoint(base, "events", token);
+    let es: EventSourceLike;
+    try {
+      es = new (this.ES as EventSourceConstructor)(url);
+    } catch (err) {
+      this.emitError(new RoomcastError("handshake", `could not open an EventSource: ${errorMessage(err)}`, { cause: err }));
+      this.failedToOpen("EventSource constructor failed", { immediate: true });
+      return;
+    }
+    const conn = this.newConn("sse", token, base, tokenReason);
+    conn.es = es;
+    conn.url = url;
+    this.conn = conn;
+    const onFrame = (ev: { data?: unknown }) => {
+      if (this.conn === conn && typeof ev?.data === "string") this.handleText(conn, ev.data);
+    };
+    for (const type of ["welcome", "message", "presence", "ack"]) es.addEventListener(type, onFrame);
+    es.addEventListener("error", (ev: { data?: unknown; code?: unknown; message?: unknown }) => {
+      // An `event: error` from the server (an error frame) arrives as a MessageEvent named
+      // "error", like EventSource's own failure event, which carries no data.
+      if (typeof ev?.data === "string") onFrame(ev);
+      else this.onStreamFailure(conn, typeof ev?.code === "number" ? ev.code : undefined);
+    });
+    es.addEventListener("close", (ev: { data?: unknown }) => {
+      if (this.conn !== conn) return;
+      let code = 1006;
+      let reason = "stream closed by the server";
+      try {
+        const c = JSON.parse(String(ev?.data)) as { code?: unknown; reason?: unknown };
+        if (typeof c.code === "number") code = c.code;
+        if (typeof c.reason === "string") reason = c.reason;
+      } catch {
+        /* a close without a readable reason: reconnect */
+      }
+      this.onLost(conn, code, reason);
+    });
+    conn.connectTimer = this.timers.setTimeout(() => this.onLost(conn, 1006, "timed out waiting for welcome"), this.connectTimeoutMs);
+  }
+
+  /**
+   * The event stream failed. Once open, that is a lost connection. Before `welcome`, an
+   * EventSource that gave up (readyState 2: an HTTP error status or a wrong content type;
+   * a browser shows neither) is asked about with fetch, which can read the status and the
+   * server's JSON error: a refusal of §4 is then handled like its §10 close code.
+   */
+  private onStreamFailure(conn: Conn, status: number | undefined): void {
+    if (this.conn !== conn) return;
+    if (conn.welcomed) {
+      this.onLost(conn, 1006, "event stream lost");
+      return;
+    }
+    if (conn.es?.readyState !== 2 && status === undefined) {
+      this.onLost(conn, 1006, "event stream failed to open");
+      return;
+    }
+    try {
+      conn.es?.close(); // no retries of its own while we look
+    } catch {
+      /* already closed */
+    }
+    void this.probe(conn, status);
+  }
+
+  private async probe(conn: Conn, status: number | undefined): Promise<void> {
+    const ctl = newAbortController();
+    const timer = this.timers.setTimeout(() => ctl?.abort(), this.connectTimeoutMs);
+    let text: string | undefined;
+    try {
+      const res = await (this.fetchFn as FetchLike)(conn.url as string, { headers: { Accept: "text/event-stream" }, ...(ctl ? { signal: ctl.signal } : {}) });
+      status = res.status;
+      if (res.ok) ctl?.abort(); // it opens now: the failure was passing; do not hold a stream
+      else text = await res.text();
+    } catch {
+      /* unreachable: a network failure */
+    }
+    this.clearTimer(timer);
+    if (this.conn !== conn) return;
+    this.refusedOverHttp(conn, status, text, "event stream");
+  }
+
+  /**
+   * A failed HTTP answer before (or without) a working connection: a §4 refusal in the
+   * body acts like its §10 close code; anything else is a failure to open (or, once open,
+   * a lost connection).
+   */
+  private refusedOverHttp(conn: Conn, status: number | undefined, text: string | undefined, what: string): void {
+    const refusal = httpRefusal(text);
+    if (refusal) {
+      conn.refusal = { code: refusal.code, message: refusal.message };
+      this.onLost(conn, refusal.closeCode, refusal.code);
+      return;
+    }
+    const ok = status !== undefined && status >= 200 && status < 300;
+    const reason = status === undefined || ok ? `${what} failed` : `${what} answered HTTP ${status}`;
+    this.onLost(conn, 1006, reason, conn.welcomed || ok ? undefined : status);
+  }
+
+  /**
+   * Long-polling (contract v1.1 §D): `GET …/poll?since=&epoch=&timeout=` answers with the
+   * messages after `since`, or none after `timeout` seconds. There is no `welcome`: the
+   * first answer of a connection stands for it, so that poll asks for a 1 s hold (the
+   * state is `open` within a second), the later ones for `pollTimeoutSecs`.
+   */
+  private openLongPoll(token: string, base: string, tokenReason: TokenContext["reason"]): void {
+    const conn = this.newConn("longpoll", token, base, tokenReason);
+    conn.resumed = this._epoch !== null;
+    this.conn = conn;
+    void this.pollLoop(conn);
+  }
+
+  private async pollLoop(conn: Conn): Promise<void> {
+    while (this.conn === conn && !this.stopped) {
+      const hold = conn.welcomed ? this.pollTimeoutSecs : 1;
+      const url = this.endpoint(conn.base, "poll", undefined, hold);
+      const ctl = newAbortController();
+      conn.abort = ctl;
+      const timer = this.timers.setTimeout(() => ctl?.abort(), hold * 1000 + this.connectTimeoutMs);
+      let status: number | undefined;
+      let text: string | undefined;
+      try {
+        const res = await (this.fetchFn as FetchLike)(url, {
+          headers: { Authorization: `Bearer ${conn.token}`, Accept: "application/json" },
+          ...(ctl ? { signal: ctl.signal } : {}),
+        });
+        status = res.status;
+        text = await res.text();
+      } catch (err) {
+        this.clearTimer(timer);
+        if (this.conn === conn) this.onLost(conn, 1006, `poll failed: ${errorMessage(err)}`);
+        return;
+      }
+      this.clearTimer(timer);
+      if (this.conn !== conn) return;
+      if (status < 200 || status >= 300) {
+        this.refusedOverHttp(conn, status, text, "poll");
+        return;
+      }
+      let answer: PollAnswer;
+      try {
+        answer = JSON.parse(text) as PollAnswer;
+        if (!answer || typeof answer.epoch !== "string" || typeof answer.last_seq !== "number" || !Array.isArray(answer.messages)) throw new Error("not a poll answer");
+      } catch {
+        this.emitError(new RoomcastError("bad_server_frame", `the server answered a poll with: ${String(text).slice(0, 100)}`));
+        this.onLost(conn, 1006, "bad poll answer", conn.welcomed ? undefined : status);
+        return;
+      }
+      this.onPollAnswer(conn, answer);
+    }
+  }
+
+  private onPollAnswer(conn: Conn, a: PollAnswer): void {
+    if (!conn.welcomed) {
+      this._user = tokenSubject(conn.token) ?? this._user;
+      const resync = this.opened(conn, a.epoch, a.last_seq, conn.resumed === true && a.recovered === true);
+      if (resync) this.emit("resync", resync);
+      if (this.conn !== conn) return;
+      this.setState("open", {});
+      this.pump();
+    } else if (a.recovered !== true || a.epoch !== this._epoch) {
+      const resync: ResyncEvent = {
+        reason: a.epoch !== this._epoch ? "epoch_changed" : "not_recovered",
+        epoch: a.epoch,
+        seq: a.last_seq,
+        previousEpoch: this._epoch,
+        previousSeq: this.lastSeq,
+      };
+      this._epoch = a.epoch;
+      this.lastSeq = a.last_seq;
+      this.ownSeqs.clear();
+      this.emit("resync", resync);
+      return;
+    }
+    // Messages at or below lastSeq (all of them on a first connection, whose position is
+    // the answer's last_seq, as a welcome's seq) are dropped by the usual filter.
+    for (const m of a.messages) {
+      if (this.conn !== conn) return;
+      if (m && typeof m === "object") this.onMessage(m);
+    }
+  }
+
+  /**
+   * The URL of a room route. `ws` turns http(s) into ws(s), the others ws(s) into http(s);
+   * a path prefix is kept. Room names are [A-Za-z0-9_.:-] (checked in the constructor):
+   * path-safe as they are, and the server matches the raw segment, so they must not be
+   * percent-encoded.
+   */
+  private endpoint(base: string, route: "ws" | "events" | "poll" | "publish", accessToken?: string, hold?: number): string {
     const u = new URL(base);
-    if (u.protocol === "http:") u.protocol = "ws:";
-    else if (u.protocol === "https:") u.protocol = "wss:";
-    // Room names are [A-Za-z0-9_.:-] and one @ (checked in the constructor): path-safe as they are,
-    // and the server matches the raw segment, so they must not be percent-encoded.
-    u.pathname = `${u.pathname.replace(/\/+$/, "")}/v1/rooms/${this.room}/ws`;
-    if (this._epoch !== null) {
-      u.searchParams.set("since", String(this.lastSeq));
-      u.searchParams.set("epoch", this._epoch);
+    if (route === "ws") {
+      if (u.protocol === "http:") u.protocol = "ws:";
+      else if (u.protocol === "https:") u.protocol = "wss:";
+    } else if (u.protocol === "ws:") u.protocol = "http:";
+    else if (u.protocol === "wss:") u.protocol = "https:";
+    // Room names may hold one @ (a personal room): path-safe as it is.
+    u.pathname = `${u.pathname.replace(/\/+$/, "")}/v1/rooms/${this.room}/${route}`;
+    if (route !== "publish") {
+      if (this._epoch !== null) {
+        u.searchParams.set("since", String(this.lastSeq));
+        u.searchParams.set("epoch", this._epoch);
+      } else if (route === "poll") u.searchParams.set("since", "0");
     }
     if (this.tenant !== undefined) u.searchParams.set("tenant", this.tenant);
-    if (!this.presenceEvents) u.searchParams.set("presence", "off");
+    if (!this.presenceEvents && (route === "ws" || route === "events")) u.searchParams.set("presence", "off");
+    if (hold !== undefined) u.searchParams.set("timeout", String(hold));
+    if (accessToken !== undefined) u.searchParams.set("access_token", accessToken);
     return u.toString();
   }
 
@@ -463,6 +785,13 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     if (this.conn !== conn) return;
     this.teardown(conn, reason);
     if (this.stopped) return;
+    if (this.auto && !this.proven && !conn.welcomed && !conn.refusal && !(code >= 4000 && code <= 4999)) {
+      // Nothing of ours was heard on this transport: not a refusal (an error frame or a
+      // refusal body), not a close code of the protocol. It could not open.
+      if (this.tokenReason !== "expired") this.tokenReason = "reconnect";
+      this.failedToOpen(httpStatus !== undefined ? `HTTP ${httpStatus}` : reason, { code });
+      return;
+    }
     const refusal = conn.refusal;
     const action: CloseAction = endPolicy({
       code,
@@ -471,7 +800,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
       refreshedToken: conn.tokenReason === "expired",
       fixedToken: typeof this.token === "string",
     });
-    const what = httpStatus !== undefined ? `upgrade rejected with HTTP ${httpStatus}` : `closed with ${code}${reason ? ` (${reason})` : ""}`;
+    const what = httpStatus !== undefined ? `${conn.transport === "websocket" ? "upgrade" : conn.transport} rejected with HTTP ${httpStatus}` : `closed with ${code}${reason ? ` (${reason})` : ""}`;
     const extra = { closeCode: code, ...(httpStatus !== undefined ? { status: httpStatus } : {}) };
     if (action === "stop") {
       // A token refused again (or one that cannot be refreshed) is reported as what it
@@ -493,8 +822,41 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   }
 
   /**
-   * Forgets a connection: its timers, its socket, its in-flight publishes (re-queued).
-   * The socket is closed with `graceful` when given, else dropped without waiting for a
+   * The current transport could not open. Without `auto` (or once a transport has
+   * opened) that is a retry like any other. With `auto` the transport is tried
+   * `fallbackAfter` times in a row (a constructor that throws: once), then the next one at
+   * once; after the last, the first again, with backoff.
+   */
+  private failedToOpen(reason: string, { code, immediate = false }: { code?: number; immediate?: boolean } = {}): void {
+    const detail = { ...(code !== undefined ? { code } : {}), reason };
+    if (!this.auto || this.proven) {
+      this.scheduleRetry(detail);
+      return;
+    }
+    this.openFailures++;
+    if (!immediate && this.openFailures < this.fallbackAfter) {
+      this.scheduleRetry(detail);
+      return;
+    }
+    this.openFailures = 0;
+    const previous = this.transport;
+    if (this.transportIndex + 1 >= this.transports.length) {
+      this.transportIndex = 0;
+      if (this.transport !== previous) this.emit("transport", this.transport, { previous, reason });
+      if (this.stopped) return;
+      this.scheduleRetry(detail);
+      return;
+    }
+    this.transportIndex++;
+    this.emit("transport", this.transport, { previous, reason });
+    if (this.stopped) return;
+    this.scheduleRetry({ ...detail, reason: `${previous} could not open (${reason}); trying ${this.transport}` }, 0);
+  }
+
+  /**
+   * Forgets a connection: its timers, its socket or stream, its in-flight publishes
+   * (re-queued; an HTTP publish under way is left to finish, its answer still counts).
+   * A socket is closed with `graceful` when given, else dropped without waiting for a
    * closing handshake that a dead peer would never complete.
    */
   private teardown(conn: Conn, reason: string, graceful?: number): void {
@@ -502,7 +864,16 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     for (const t of [conn.connectTimer, conn.pingTimer, conn.pongTimer, conn.stableTimer]) this.clearTimer(t);
     for (const e of conn.inflight) if (this.outbox.get(e.id) === e) e.status = "queued";
     conn.inflight = [];
-    const ws = conn.ws as WebSocketLike & { terminate?: () => void };
+    if (conn.es) {
+      try {
+        conn.es.close();
+      } catch {
+        /* already closed */
+      }
+    }
+    conn.abort?.abort();
+    const ws = conn.ws as (WebSocketLike & { terminate?: () => void }) | undefined;
+    if (!ws) return;
     try {
       if (ws.readyState === 0 || ws.readyState === OPEN) {
         if (graceful !== undefined) ws.close(graceful, reason.slice(0, 100));
@@ -514,9 +885,9 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     }
   }
 
-  private scheduleRetry(detail: { code?: number; reason?: string }): void {
-    const delayMs = backoffDelay(this.attempt, this.baseMs, this.capMs, this.random);
-    this.attempt++;
+  private scheduleRetry(detail: { code?: number; reason?: string }, delay?: number): void {
+    const delayMs = delay ?? backoffDelay(this.attempt, this.baseMs, this.capMs, this.random);
+    if (delay === undefined) this.attempt++;
     this.setState("reconnecting", { ...detail, delayMs });
     this.clearTimer(this.retryTimer);
     this.retryTimer = this.timers.setTimeout(() => {
@@ -534,6 +905,8 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     this.clearTimer(this.attemptTimer);
     this.retryTimer = this.pauseTimer = this.attemptTimer = undefined;
     if (this.conn) this.teardown(this.conn, closeReason ?? "closed", closeCode);
+    this.httpPublish?.abort?.abort();
+    this.httpPublish = null;
     const entries = Array.from(this.outbox.values());
     this.outbox.clear();
     const rejection = err.code === "closed" ? err : new RoomcastError("closed", `the client stopped: ${err.message}`, { cause: err });
@@ -602,7 +975,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
    * fast one. Only for servers that ask (`welcome.receipts`).
    */
   private maybeSendReceipt(conn: Conn): void {
-    if (!conn.receipts || !receiptDue(conn.received - conn.receivedAtReceipt, conn.charsSinceReceipt)) return;
+    if (!conn.ws || !conn.receipts || !receiptDue(conn.received - conn.receivedAtReceipt, conn.charsSinceReceipt)) return;
     if (conn.ws.readyState !== OPEN) return;
     try {
       conn.ws.send(JSON.stringify({ type: "received", messages: conn.received }));
@@ -615,40 +988,13 @@ export class Roomcast extends Emitter<RoomcastEvents> {
 
   private onWelcome(conn: Conn, w: WelcomeFrame): void {
     if (conn.welcomed) return;
-    conn.welcomed = true;
-    conn.receipts = w.receipts === true;
+    // Receipts are for sockets; on SSE the Worker reads the room's socket for the client.
+    conn.receipts = conn.ws !== undefined && w.receipts === true;
     conn.id = w.conn;
-    this.clearTimer(conn.connectTimer);
     this.myConns.push(w.conn);
     if (this.myConns.length > MAX_REMEMBERED_CONNS) this.myConns.shift();
     this._user = w.user;
-
-    const previousEpoch = this._epoch;
-    const previousSeq = this.lastSeq;
-    let resync: ResyncEvent | null = null;
-    if (previousEpoch === null) {
-      this._epoch = w.epoch;
-      this.lastSeq = w.seq;
-    } else if (!w.resume?.recovered) {
-      this._epoch = w.epoch;
-      this.lastSeq = w.seq;
-      this.ownSeqs.clear();
-      resync = {
-        reason: w.epoch !== previousEpoch ? "epoch_changed" : "not_recovered",
-        epoch: w.epoch,
-        seq: w.seq,
-        previousEpoch,
-        previousSeq,
-      };
-    }
-    // Recovered: keep lastSeq; the missed messages follow in order.
-
-    this.tokenReason = "reconnect";
-    this.window = this.maxInFlight; // a new connection starts with a full rate-limit bucket
-    conn.stableTimer = this.timers.setTimeout(() => {
-      if (this.conn === conn) this.attempt = 0;
-    }, this.stableMs);
-    this.startHeartbeat(conn);
+    const resync = this.opened(conn, w.epoch, w.seq, w.resume?.recovered === true);
 
     this.members.clear();
     for (const u of w.presence?.users ?? []) this.members.set(u.user, u.info);
@@ -664,15 +1010,62 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     this.pump();
   }
 
+  /**
+   * A connection is open (its `welcome`, or a long-poll's first answer) at the room's
+   * `epoch` and `seq`. Returns the resync to report when the position could not be
+   * resumed. With `auto`, the transport that opened is the one kept from now on.
+   */
+  private opened(conn: Conn, epoch: string, seq: number, recovered: boolean): ResyncEvent | null {
+    conn.welcomed = true;
+    this.clearTimer(conn.connectTimer);
+    this.proven = true;
+    this.openFailures = 0;
+
+    const previousEpoch = this._epoch;
+    const previousSeq = this.lastSeq;
+    let resync: ResyncEvent | null = null;
+    if (previousEpoch === null) {
+      this._epoch = epoch;
+      this.lastSeq = seq;
+    } else if (!recovered) {
+      this._epoch = epoch;
+      this.lastSeq = seq;
+      this.ownSeqs.clear();
+      resync = {
+        reason: epoch !== previousEpoch ? "epoch_changed" : "not_recovered",
+        epoch,
+        seq,
+        previousEpoch,
+        previousSeq,
+      };
+    }
+    // Recovered: keep lastSeq; the missed messages follow in order.
+
+    this.tokenReason = "reconnect";
+    this.window = this.maxInFlight; // a new connection starts with a full rate-limit bucket
+    conn.stableTimer = this.timers.setTimeout(() => {
+      if (this.conn === conn) this.attempt = 0;
+    }, this.stableMs);
+    if (conn.ws) this.startHeartbeat(conn);
+    return resync;
+  }
+
   private onMessage(m: MessageFrame | EphemeralMessageFrame): void {
     if (m.ephemeral === true) {
-      // No seq: outside resume, de-duplication and gap detection altogether.
+      // No seq: outside resume, de-duplication and gap detection altogether. One of our
+      // own signals posted over HTTP comes back on our stream: drop it unless echoed.
+      if (typeof m.id === "string" && this.ownSignalIds.delete(m.id)) return;
       this.emit("message", m);
       return;
     }
     if (typeof m.seq !== "number" || m.seq <= this.lastSeq || this.ownSeqs.has(m.seq)) return; // seen
-    const own = m.from !== null && m.from !== undefined && this.myConns.includes(m.from.conn);
-    const entry = own ? this.outbox.get(m.id) : undefined;
+    // Our own message: published on one of our sockets, or — over HTTP, where the room
+    // cannot name the publisher's stream — carrying the id of a publish we posted.
+    const pending = this.outbox.get(m.id);
+    const own =
+      (m.from !== null && m.from !== undefined && this.myConns.includes(m.from.conn)) ||
+      (pending !== undefined && pending.viaHttp && (this._user === null || m.from?.user === this._user));
+    const entry = own ? pending : undefined;
     const previousSeq = this.lastSeq;
     this.lastSeq = m.seq;
     this.advance();
@@ -712,6 +1105,121 @@ export class Roomcast extends Emitter<RoomcastEvents> {
     }
     if (entry) this.settle(entry, { id: a.id, seq: a.seq, duplicate: !!a.duplicate });
     else this.pump();
+  }
+
+  // ---- HTTP publish (SSE and long-poll) ------------------------------------------
+
+  /**
+   * Posts one publish (`POST …/publish`, the frame without `type`, contract v1.1 §D) and
+   * handles its answer as a socket's `ack` or `error`. The same id is posted again after a
+   * failure of any kind, so the room's dedup keeps it exactly-once.
+   */
+  private async postPublish(conn: Conn, entry: Entry): Promise<void> {
+    entry.status = "inflight";
+    entry.viaHttp = true;
+    const ctl = newAbortController();
+    const current: HttpPublish = { entry, abort: ctl };
+    this.httpPublish = current;
+    const timer = this.timers.setTimeout(() => ctl?.abort(), this.connectTimeoutMs);
+    let status: number | undefined;
+    let text: string | undefined;
+    let retryAfter: string | null | undefined;
+    try {
+      const res = await (this.fetchFn as FetchLike)(this.endpoint(conn.base, "publish"), {
+        method: "POST",
+        headers: { Authorization: `Bearer ${conn.token}`, "Content-Type": "application/json" },
+        body: withConn(entry.body, conn),
+        ...(ctl ? { signal: ctl.signal } : {}),
+      });
+      status = res.status;
+      retryAfter = res.headers?.get("Retry-After");
+      text = await res.text();
+    } catch {
+      status = undefined; // the network: nothing is known about this attempt
+    }
+    this.clearTimer(timer);
+    if (this.httpPublish === current) this.httpPublish = null;
+    if (this.stopped) return;
+    if (this.outbox.get(entry.id) !== entry) {
+      this.pump(); // settled meanwhile (its own message came first)
+      return;
+    }
+    entry.status = "queued";
+    const body = parseJson(text) as { seq?: unknown; duplicate?: unknown; error?: { code?: unknown; message?: unknown; retry_after_ms?: unknown }; retry_after_ms?: unknown } | undefined;
+    if (status === undefined) {
+      this.pause(backoffDelay(this.httpFailures++, this.baseMs, this.capMs, this.random));
+      return;
+    }
+    this.httpFailures = 0;
+    if (status >= 200 && status < 300 && typeof body?.seq === "number") {
+      const seq = body.seq;
+      const duplicate = body.duplicate === true;
+      // Not echoed: account for its seq so the next message is no gap, and drop it if our
+      // stream brings it. Echoed: it is delivered when the stream brings it.
+      if (!duplicate && !entry.echo && seq > this.lastSeq) {
+        this.ownSeqs.add(seq);
+        this.advance();
+      }
+      this.settle(entry, { id: entry.id, seq, duplicate });
+      return;
+    }
+    const error = body?.error;
+    const code = typeof error?.code === "string" ? error.code : httpErrorCode(status);
+    const message = typeof error?.message === "string" ? error.message : `publish answered HTTP ${status}`;
+    if (status === 401) {
+      // As a socket's token_expired: the publish waits for a fresh token.
+      this.emitError(new RoomcastError(code, message, { id: entry.id, status }));
+      if (this.conn === conn && conn.welcomed) this.onLost(conn, 4001, code);
+      else this.pump();
+      return;
+    }
+    if (status === 429 || code === "rate_limited") {
+      this.window = 1;
+      this.pause(retryAfterMs(error?.retry_after_ms ?? body?.retry_after_ms, retryAfter) ?? backoffDelay(0, this.baseMs, this.capMs, this.random));
+      return;
+    }
+    if (status >= 502 && status <= 504 && typeof error?.code !== "string") {
+      // A gateway's or proxy's answer, not the Worker's: try again, as after a lost connection.
+      this.pause(backoffDelay(this.httpFailures++, this.baseMs, this.capMs, this.random));
+      return;
+    }
+    if (status >= 500 || code === "internal") {
+      if (++entry.failures > this.maxRetries) this.fail(entry, new RoomcastError(code, message, { id: entry.id, status }));
+      else this.pause(backoffDelay(entry.failures - 1, this.baseMs, this.capMs, this.random));
+      return;
+    }
+    this.fail(entry, new RoomcastError(code, message, { id: entry.id, status }));
+  }
+
+  /** Posts a signal (ephemeral publish); only `rate_limited` and refusals are acted on. */
+  private async postSignal(conn: Conn, body: string): Promise<void> {
+    this.httpSignals++;
+    let status: number | undefined;
+    let text: string | undefined;
+    let retryAfter: string | null | undefined;
+    try {
+      const res = await (this.fetchFn as FetchLike)(this.endpoint(conn.base, "publish"), {
+        method: "POST",
+        headers: { Authorization: `Bearer ${conn.token}`, "Content-Type": "application/json" },
+        body: withConn(body, conn),
+      });
+      status = res.status;
+      retryAfter = res.headers?.get("Retry-After");
+      text = await res.text();
+    } catch {
+      /* lost: a signal is never retried */
+    } finally {
+      this.httpSignals--;
+    }
+    if (this.stopped || status === undefined || (status >= 200 && status < 300)) return;
+    const parsed = parseJson(text) as { error?: { code?: unknown; message?: unknown; retry_after_ms?: unknown } } | undefined;
+    const code = typeof parsed?.error?.code === "string" ? parsed.error.code : httpErrorCode(status);
+    if (status === 429 || code === "rate_limited") {
+      this.pause(retryAfterMs(parsed?.error?.retry_after_ms, retryAfter) ?? backoffDelay(0, this.baseMs, this.capMs, this.random));
+      return;
+    }
+    if (status === 401) return; // the stream or the next publish gets a fresh token
+    this.emitError(new RoomcastError(code, typeof parsed?.error?.message === "string" ? parsed.error.message : `signal answered HTTP ${status}`, { status }));
   }
 
   private onErrorFrame(conn: Conn, f: ErrorFrame): void {
@@ -801,11 +1309,22 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   private pump(): void {
     const conn = this.conn;
     if (!conn || !conn.welcomed || this.pauseTimer !== undefined || this.stopped) return;
+    if (!conn.ws) {
+      // SSE and long-poll: one HTTP publish at a time, so they reach the room in order.
+      if (this.httpPublish) return;
+      for (const entry of this.outbox.values()) {
+        if (entry.status !== "queued") continue;
+        void this.postPublish(conn, entry);
+        return;
+      }
+      return;
+    }
+    const ws = conn.ws;
     for (const entry of this.outbox.values()) {
-      if (conn.inflight.length >= this.window || conn.ws.readyState !== OPEN) return;
+      if (conn.inflight.length >= this.window || ws.readyState !== OPEN) return;
       if (entry.status !== "queued") continue;
       try {
-        conn.ws.send(entry.frame);
+        ws.send(entry.frame);
       } catch {
         return; // the socket is failing; its close event re-queues and reconnects
       }
@@ -848,11 +1367,12 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   // ---- heartbeat -----------------------------------------------------------------
 
   private startHeartbeat(conn: Conn): void {
-    if (this.pingMs <= 0) return;
+    const ws = conn.ws;
+    if (this.pingMs <= 0 || !ws) return;
     const tick = () => {
       if (this.conn !== conn) return;
       try {
-        if (conn.ws.readyState === OPEN) conn.ws.send("ping");
+        if (ws.readyState === OPEN) ws.send("ping");
       } catch {
         /* the close event follows */
       }
@@ -869,7 +1389,7 @@ export class Roomcast extends Emitter<RoomcastEvents> {
   private setState(state: ConnectionState, detail: Partial<StateDetail>): void {
     const previous = this._state;
     this._state = state;
-    this.emit("state", state, { ...detail, state, previous, attempt: this.attempt });
+    this.emit("state", state, { ...detail, state, previous, attempt: this.attempt, transport: this.transport });
   }
 
   private emitError(err: RoomcastError): void {
@@ -899,4 +1419,60 @@ function positive(value: number | undefined, fallback: number): number {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * An HTTP publish body with the stream's connection id (`welcome.conn`, SSE only): the
+ * room then treats the message as that connection's, as on a WebSocket — not fanned out
+ * back to it unless `echo` (docs/protocol.md §13).
+ */
+function withConn(body: string, conn: Conn): string {
+  return conn.id === undefined ? body : `${body.slice(0, -1)},"conn":${JSON.stringify(conn.id)}}`;
+}
+
+function parseJson(text: string | undefined): unknown {
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The error code of an HTTP answer without a JSON error body. */
+function httpErrorCode(status: number): string {
+  if (status === 401) return "token_expired";
+  if (status === 403) return "forbidden";
+  if (status === 404) return "not_found";
+  if (status === 413) return "too_large";
+  if (status === 429) return "rate_limited";
+  if (status >= 500) return "internal";
+  return "bad_request";
+}
+
+/** `retry_after_ms` from the body, else `Retry-After` (seconds) from the headers. */
+function retryAfterMs(bodyValue: unknown, header: string | null | undefined): number | undefined {
+  if (typeof bodyValue === "number" && bodyValue >= 0 && Number.isFinite(bodyValue)) return bodyValue;
+  const secs = header ? Number(header) : NaN;
+  return Number.isFinite(secs) && secs >= 0 ? secs * 1000 : undefined;
+}
+
+function newAbortController(): AbortController | undefined {
+  return typeof AbortController === "function" ? new AbortController() : undefined;
+}
+
+/** The `sub` claim of a JWT, read without verifying it (the server does that). */
+function tokenSubject(token: string): string | null {
+  try {
+    const part = token.split(".")[1];
+    if (!part) return null;
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4);
+    const json = decodeURIComponent(
+      Array.from(atob(b64), (c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""),
+    );
+    const sub = (JSON.parse(json) as { sub?: unknown }).sub;
+    return typeof sub === "string" ? sub : null;
+  } catch {
+    return null;
+  }
 }

@@ -192,3 +192,26 @@ export function randomId(): string {
   const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
+
+/**
+ * An HTTP answer of the SSE, long-poll or publish routes that carries one of the refusals
+ * of docs/protocol.md §4 in its JSON error body (`{"error":{"code","message"}}`), with the
+ * close code the same refusal has on the browser WebSocket transport (§10). `null` for any
+ * other answer — a proxy's, a server without the route — whose body is not one of ours.
+ */
+export function httpRefusal(bodyText: string | undefined): { code: string; message: string; closeCode: number } | null {
+  if (!bodyText) return null;
+  let body: unknown;
+  try {
+    body = JSON.parse(bodyText);
+  } catch {
+    return null;
+  }
+  const error = (body as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+  const code = error?.code;
+  if (typeof code !== "string" || !Object.prototype.hasOwnProperty.call(REFUSAL_CLOSE_CODES, code)) return null;
+  return { code, message: typeof error?.message === "string" ? error.message : code, closeCode: REFUSAL_CLOSE_CODES[code] };
+}
+
+/** The order in which `transport: "auto"` tries the transports. */
+export const TRANSPORT_ORDER = Object.freeze(["websocket", "sse", "longpoll"] as const);

@@ -109,6 +109,8 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 export interface StateDetail {
   state: ConnectionState;
   previous: ConnectionState;
+  /** The transport in use, or the one the next attempt will use (see `room.transport`). */
+  transport: TransportName;
   /** Consecutive failed attempts so far (0 once a connection has been stable). */
   attempt: number;
   /** For `reconnecting`: how long until the next attempt. */
@@ -205,6 +207,48 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
+/**
+ * How the client talks to the room (contract v1.1 §D): a WebSocket, Server-Sent Events
+ * (`GET …/events`) or long-polling (`GET …/poll`). On `sse` and `longpoll` publishes and
+ * signals go over `POST …/publish`.
+ */
+export type TransportName = "websocket" | "sse" | "longpoll";
+
+/** The `transport` option: one transport, or `auto` (WebSocket → SSE → long-poll). */
+export type TransportOption = "auto" | TransportName;
+
+/** The part of the WHATWG EventSource the client uses (browsers, the npm `eventsource`). */
+export interface EventSourceLike {
+  /** 0 connecting, 1 open, 2 closed. */
+  readonly readyState: number;
+  close(): void;
+  addEventListener(type: string, listener: (event: any) => void): void;
+}
+
+export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
+
+/** The part of a fetch `Response` the client reads. */
+export interface ResponseLike {
+  readonly status: number;
+  readonly ok: boolean;
+  text(): Promise<string>;
+  readonly headers?: { get(name: string): string | null };
+}
+
+/** The part of WHATWG `fetch` the client uses (browsers, Node ≥ 18, Deno, Workers). */
+export type FetchLike = (
+  url: string,
+  init?: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
+) => Promise<ResponseLike>;
+
+/** The answer of `GET /v1/rooms/{room}/poll` (contract v1.1 §D). */
+export interface PollAnswer {
+  epoch: string;
+  last_seq: number;
+  recovered: boolean;
+  messages: MessageFrame[];
+}
+
 /** Timer functions, injectable so tests can drive time. */
 export interface Timers {
   setTimeout(fn: () => void, ms: number): unknown;
@@ -245,8 +289,24 @@ export interface RoomcastOptions {
    * user, but a big room's arrivals and departures cost this client nothing.
    */
   presence?: boolean;
+  /**
+   * `auto` (default): WebSocket, falling back to Server-Sent Events and then long-polling
+   * when a transport cannot open (README "Transports"); or exactly one of them.
+   */
+  transport?: TransportOption;
   /** WebSocket implementation; defaults to `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
+  /** EventSource implementation for `sse`; defaults to `globalThis.EventSource`. */
+  EventSource?: EventSourceConstructor;
+  /** fetch implementation for `sse` and `longpoll` (publishes, polls); defaults to `globalThis.fetch`. */
+  fetch?: FetchLike;
+  /**
+   * With `transport: "auto"`: consecutive attempts a transport may fail to open before the
+   * next one is tried. Default 2.
+   */
+  fallbackAfter?: number;
+  /** How long the server may hold a long-poll with nothing to send, 1–30 s. Default 25. */
+  pollTimeoutSecs?: number;
   /** Whether this client receives its own messages (default false, as on the wire). */
   echo?: boolean;
   /** Start from a known position: the first connection then asks the server to resume. */

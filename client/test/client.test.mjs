@@ -16,6 +16,7 @@ function setup(options = {}) {
       tokens.push(ctx);
       return `tok${tokens.length}`;
     },
+    transport: "websocket", // "auto" (the default) is tested in transports.test.mjs
     WebSocket: WS,
     timers: clock,
     random: () => 0.5,
@@ -46,7 +47,7 @@ test("connects with the token in the subprotocol list and walks connecting → o
 
   s1.serverClose(1006);
   assert.equal(client.state, "reconnecting");
-  assert.deepEqual(log.details.at(-1), { code: 1006, reason: "closed", delayMs: 250, state: "reconnecting", previous: "open", attempt: 1 });
+  assert.deepEqual(log.details.at(-1), { code: 1006, reason: "closed", delayMs: 250, state: "reconnecting", previous: "open", attempt: 1, transport: "websocket" });
   await clock.advance(249);
   assert.equal(WS.instances.length, 1, "waits out the backoff");
   await clock.advance(1);

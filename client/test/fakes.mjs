@@ -178,3 +178,134 @@ export function record(client) {
   client.on("welcome", (w) => log.welcomes.push(w));
   return log;
 }
+
+/**
+ * A fresh FakeEventSource class per test: the client's side is the WHATWG EventSource
+ * (addEventListener, close, readyState); the test plays the server, one SSE event at a
+ * time, each named by its frame's type (contract v1.1 §D).
+ */
+export function eventSourceClass() {
+  const instances = [];
+  class FakeEventSource {
+    static instances = instances;
+    static get last() {
+      return instances[instances.length - 1];
+    }
+
+    constructor(url, init) {
+      this.url = new URL(url);
+      this.init = init;
+      this.readyState = 0;
+      this.closed = false;
+      this.listeners = {};
+      instances.push(this);
+    }
+
+    addEventListener(type, fn) {
+      (this.listeners[type] ??= []).push(fn);
+    }
+
+    close() {
+      this.closed = true;
+      this.readyState = 2;
+    }
+
+    #dispatch(type, event) {
+      for (const fn of this.listeners[type] ?? []) fn(event);
+    }
+
+    // ---- the server's side ----
+
+    /** One SSE event: `event: <type>`, `data: <frame JSON>` (a string is sent as it is). */
+    event(type, data, id = "") {
+      if (this.closed) return this;
+      this.readyState = 1;
+      this.#dispatch(type, { type, data: typeof data === "string" ? data : JSON.stringify(data), lastEventId: id });
+      return this;
+    }
+
+    /** Opens the stream and sends `welcome` (fields overridable). */
+    accept(welcome = {}) {
+      this.readyState = 1;
+      this.#dispatch("open", { type: "open" });
+      return this.event("welcome", {
+        type: "welcome",
+        room: "lobby",
+        conn: `c_sse${instances.indexOf(this)}`,
+        user: "alice",
+        epoch: "e_1",
+        seq: 0,
+        resume: { requested: false, recovered: false, replayed: 0 },
+        presence: { count: 1, users: [{ user: "alice", info: {} }] },
+        ...welcome,
+      });
+    }
+
+    message(seq, extra = {}) {
+      const m = msg(seq, extra);
+      return this.event("message", m, m.ephemeral ? "" : `${"e_1"}:${seq}`);
+    }
+
+    /** `event: close` with `{"code","reason"}`, as the server sends before ending a stream. */
+    serverClose(code, reason = "") {
+      this.event("close", { code, reason });
+      return this;
+    }
+
+    /** A network failure: the EventSource would retry (readyState 0) and fires `error`. */
+    fail() {
+      this.readyState = 0;
+      this.#dispatch("error", { type: "error" });
+    }
+
+    /** An HTTP error status or wrong content type: the EventSource gives up (readyState 2). */
+    refuse(extra = {}) {
+      this.readyState = 2;
+      this.#dispatch("error", { type: "error", ...extra });
+    }
+  }
+  return FakeEventSource;
+}
+
+/**
+ * A fake `fetch` whose requests wait until the test answers them: `f.calls` lists every
+ * request as `{ url, method, headers, body, json(), respond(status, body, headers), fail() }`.
+ */
+export function fakeFetch() {
+  const calls = [];
+  const f = (url, init = {}) =>
+    new Promise((resolve, reject) => {
+      const call = {
+        url: new URL(url),
+        method: init.method ?? "GET",
+        headers: init.headers ?? {},
+        body: init.body,
+        done: false,
+        aborted: false,
+        json: () => JSON.parse(init.body),
+        respond(status, body = {}, headers = {}) {
+          if (call.done) return;
+          call.done = true;
+          const text = typeof body === "string" ? body : JSON.stringify(body);
+          const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+          resolve({ status, ok: status >= 200 && status < 300, text: async () => text, headers: { get: (n) => lower[n.toLowerCase()] ?? null } });
+        },
+        fail(message = "fetch failed") {
+          if (call.done) return;
+          call.done = true;
+          reject(new TypeError(message));
+        },
+      };
+      init.signal?.addEventListener("abort", () => {
+        call.aborted = true;
+        call.fail("The operation was aborted");
+      });
+      calls.push(call);
+    });
+  f.calls = calls;
+  /** Requests not answered yet whose path ends with `suffix` (e.g. "/publish", "/poll"). */
+  f.open = (suffix = "") => calls.filter((c) => !c.done && c.url.pathname.endsWith(suffix));
+  /** Every request (answered or not) whose path ends with `suffix`. */
+  f.to = (suffix) => calls.filter((c) => c.url.pathname.endsWith(suffix));
+  return f;
+}

@@ -11,6 +11,8 @@ import {
   RECEIPT_EVERY_CHARS,
   RECEIPT_EVERY_MESSAGES,
   RETRYABLE_PUBLISH_ERRORS,
+  httpRefusal,
+  TRANSPORT_ORDER,
 } from "../dist/index.js";
 
 test("backoff: full jitter between 0 and min(cap, base·2^attempt)", () => {
@@ -114,4 +116,14 @@ test("receipts are due at 256 messages or 128 KiB since the last one", () => {
   assert.equal(receiptDue(255, 128 * 1024 - 1), false);
   assert.equal(receiptDue(256, 0), true);
   assert.equal(receiptDue(1, 128 * 1024), true);
+});
+
+test("httpRefusal: a §4 code in the server's JSON error body, with its §10 close code; anything else is not ours", () => {
+  assert.deepEqual(httpRefusal('{"error":{"code":"forbidden","message":"no read"}}'), { code: "forbidden", message: "no read", closeCode: 4403 });
+  assert.deepEqual(httpRefusal('{"error":{"code":"token_expired"}}'), { code: "token_expired", message: "token_expired", closeCode: 4001 });
+  assert.equal(httpRefusal('{"error":{"code":"too_many_connections","message":"x"}}').closeCode, 4029);
+  for (const body of [undefined, "", "<html>403 Forbidden</html>", '{"error":{"code":"internal"}}', '{"error":{"code":"toString"}}', "null", '{"code":"forbidden"}']) {
+    assert.equal(httpRefusal(body), null, String(body));
+  }
+  assert.deepEqual([...TRANSPORT_ORDER], ["websocket", "sse", "longpoll"]);
 });

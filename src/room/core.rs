@@ -20,18 +20,20 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 
 use super::codec;
-use super::limits::ConnState;
+use super::counters::Counters;
+use super::limits::{Bucket, ConnState};
 use super::log::{self, Appended, Entry, Head, Retention, Sql};
 use super::outbox::{self, presence_delay_ms, Conflation, Outbox, Payload, To};
 use super::peer::{info_raw, Identity, Peer};
 use super::presence::{Change, Presence};
 use super::rpc::{
-    ConnectRequest, EphemeralResult, History, PublishRequest, PublishResult, RoomInfo,
-    StorageStats, UserEntry,
+    ClientPublish, ConnectRequest, EphemeralResult, History, PublishRequest, PublishResult,
+    RoomInfo, StorageStats, Transport, UserEntry,
 };
-use super::schedule::Schedule;
+use super::schedule::{Reason, Schedule};
+use super::webhooks::{self, Delivery, Outcome, Status};
 use crate::auth::LEEWAY_SECS;
-use crate::config::Limits;
+use crate::config::{Limits, Webhooks};
 use crate::error::{close, Error, Result};
 use crate::protocol::{
     self, check_publish, error_frame, ClientFrame, From, PresenceOp, PresenceUser, Resume,
@@ -81,6 +83,8 @@ pub enum Effect<H> {
         /// When to wake.
         at_ms: i64,
     },
+    /// POST this batch of webhooks, then report with [`RoomCore::delivered`].
+    Deliver(Delivery),
     /// Write a structured log line.
     Log {
         /// The line's `event`.
@@ -129,6 +133,32 @@ pub struct RoomCore<H> {
     schedule: Schedule,
     /// When the pending flush runs (ms), if one is pending.
     flush_due: Option<i64>,
+    /// The room's name and tenant, for webhook bodies.
+    room: String,
+    tenant: Option<String>,
+    /// The webhook outbox, when webhooks are configured.
+    hooks: Option<webhooks::Outbox>,
+    /// Webhook events produced by the current call, written by [`RoomCore::commit`] in
+    /// the same synchronous step (so the same atomic write) as what produced them.
+    hook_queue: Vec<String>,
+    /// What an operator sees (`info`).
+    pub(in crate::room) counters: Counters,
+    /// Publish buckets of client HTTP publishes, per user (docs/protocol.md §13). Memory
+    /// only, like the sockets' buckets and for the same reason: the room is evicted only
+    /// after ~10 s without events, by when every bucket has refilled, so losing them
+    /// loses nothing a client could not have had anyway.
+    http_buckets: HashMap<String, Bucket>,
+}
+
+/// Client HTTP publishers whose buckets are kept before full ones are forgotten (a full
+/// bucket is what a forgotten one starts as, so dropping it changes nothing).
+const MAX_HTTP_BUCKETS: usize = 1024;
+
+/// The connection id that names a client HTTP publish in `from.conn` when it did not name
+/// its own open connection: `h_` + the user, stable across requests, so a receiver can
+/// group a user's HTTP publishes; it never collides with a socket's `c_` id.
+pub fn http_conn(user: &str) -> String {
+    format!("h_{user}")
 }
 
 impl<H: Clone> RoomCore<H> {
@@ -157,6 +187,15 @@ impl<H: Clone> RoomCore<H> {
             outbox: Outbox::default(),
             schedule: Schedule::new(alarm),
             flush_due: None,
+            room: String::new(),
+            tenant: None,
+            hooks: None,
+            hook_queue: Vec::new(),
+            counters: Counters {
+                since_ms: now,
+                ..Counters::default()
+            },
+            http_buckets: HashMap::new(),
         };
         for (handle, id) in sockets {
             if !id.gone && !core.index.contains_key(&id.conn) {
@@ -164,6 +203,38 @@ impl<H: Clone> RoomCore<H> {
             }
         }
         Ok(core)
+    }
+
+    /// Finishes a (re)start: the room's name (the Durable Object key `tenant/room`), its
+    /// webhooks, and what the alarm must wake for now that memory is fresh — the earliest
+    /// token expiry of the restored sockets, and webhooks still stored undelivered.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn start(
+        &mut self,
+        db: &dyn Sql,
+        now: i64,
+        key: &str,
+        hooks: Option<Webhooks>,
+    ) -> Result<Vec<Effect<H>>> {
+        let (tenant, room) = key.split_once('/').unwrap_or(("", key));
+        self.room = room.to_string();
+        self.tenant = (!tenant.is_empty()).then(|| tenant.to_string());
+        let mut fx = Vec::new();
+        if let Some(config) = hooks {
+            let outbox = webhooks::Outbox::open(db, config)?;
+            let pending = outbox.counts(db)?.0;
+            self.hooks = Some(outbox);
+            if pending > 0 {
+                self.want(&mut fx, Reason::Webhook, now);
+            }
+        }
+        if let Some(exp) = self.peers.iter().map(|p| p.id.exp).min() {
+            self.want_expiry(&mut fx, exp);
+        }
+        Ok(fx)
     }
 
     /// The log's epoch and last seq.
@@ -174,6 +245,11 @@ impl<H: Clone> RoomCore<H> {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Users with a client HTTP publish bucket in memory.
+    pub fn http_buckets_len(&self) -> usize {
+        self.http_buckets.len()
     }
 
     /// The peer with connection id `conn`, if it is open.
@@ -194,6 +270,12 @@ impl<H: Clone> RoomCore<H> {
 
     fn insert(&mut self, handle: H, id: Identity, now: i64) -> Change {
         let change = self.presence.add(&id);
+        if change == Change::Joined {
+            self.hook_presence("join", &id, now);
+        }
+        if self.peers.is_empty() {
+            self.hook_room("occupied", now);
+        }
         self.index.insert(id.conn.clone(), self.peers.len());
         self.peers.push(Peer {
             handle,
@@ -214,6 +296,10 @@ impl<H: Clone> RoomCore<H> {
         }
         if self.presence.remove(&peer.id) == Change::Left {
             self.announce(fx, now, PresenceOp::Leave, &peer.id);
+            self.hook_presence("leave", &peer.id, now);
+        }
+        if self.peers.is_empty() {
+            self.hook_room("vacated", now);
         }
         Some(peer)
     }
@@ -237,6 +323,7 @@ impl<H: Clone> RoomCore<H> {
     ) -> Result<Vec<Effect<H>>> {
         let existing = self.presence.sockets_of(&req.user);
         if existing >= self.limits.max_connections_per_user as usize {
+            self.counters.rejected("too_many_connections");
             return Err(Error::TooManyConnections(format!(
                 "user {:?} already has {existing} sockets in this room; MAX_CONNECTIONS_PER_USER is {}",
                 req.user, self.limits.max_connections_per_user
@@ -267,6 +354,7 @@ impl<H: Clone> RoomCore<H> {
             exp: req.exp,
             info: req.info.clone(),
             presence: req.presence,
+            listed: req.transport != Transport::Poll,
             gone: false,
         };
         let mut fx = vec![Effect::Attach {
@@ -276,6 +364,8 @@ impl<H: Clone> RoomCore<H> {
         if self.insert(to.clone(), id.clone(), now) == Change::Joined {
             self.announce(&mut fx, now, PresenceOp::Join, &id);
         }
+        self.counters.connects += 1;
+        self.counters.peak_connections = self.counters.peak_connections.max(self.peers.len());
         let infos: Vec<(&String, Box<RawValue>)> = self
             .presence
             .users()
@@ -311,13 +401,19 @@ impl<H: Clone> RoomCore<H> {
         for text in texts {
             self.send_now(&mut fx, now, &conn, text);
         }
-        let due = (req.exp + LEEWAY_SECS + 1) * 1000;
-        if let Some(at_ms) = self.schedule.wake_by(due) {
-            fx.push(Effect::SetAlarm { at_ms });
-        }
+        self.want_expiry(&mut fx, req.exp);
+        let transport = match req.transport {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        };
         fx.push(log_line(
             "socket.open",
-            &[("conn", conn), ("user", req.user.clone())],
+            &[
+                ("conn", conn),
+                ("user", req.user.clone()),
+                ("transport", transport.into()),
+            ],
         ));
         Ok(fx)
     }
@@ -379,9 +475,10 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// The alarm fired: close every socket whose token has expired (or will within
-    /// [`EXPIRY_COALESCE_SECS`]) and schedule the next expiry.
-    pub fn alarm(&mut self, now: i64) -> Vec<Effect<H>> {
-        self.schedule.fired();
+    /// [`EXPIRY_COALESCE_SECS`]), start delivering webhooks when they are due, and store
+    /// the alarm for whatever comes next.
+    pub fn alarm(&mut self, db: &dyn Sql, now: i64) -> Vec<Effect<H>> {
+        let due = self.schedule.fired(now);
         let mut fx = Vec::new();
         let horizon = now / 1000 + EXPIRY_COALESCE_SECS;
         let expired: Vec<String> = self
@@ -401,15 +498,21 @@ impl<H: Clone> RoomCore<H> {
                 Some(last),
             );
         }
+        self.schedule.cancel(Reason::Expiry);
         if let Some(exp) = self.peers.iter().map(|p| p.id.exp).min() {
-            if let Some(at_ms) = self.schedule.wake_by((exp + LEEWAY_SECS + 1) * 1000) {
-                fx.push(Effect::SetAlarm { at_ms });
-            }
+            self.want_expiry(&mut fx, exp);
         }
         fx.push(log_line(
             "room.alarm",
             &[("expired_closed", expired.len().to_string())],
         ));
+        if due.contains(&Reason::Webhook) {
+            self.deliver_next(&mut fx, db, now);
+        }
+        if let Some(at_ms) = self.schedule.rearm() {
+            fx.push(Effect::SetAlarm { at_ms });
+        }
+        fx.extend(self.commit(db, now));
         fx
     }
 
@@ -418,11 +521,210 @@ impl<H: Clone> RoomCore<H> {
         self.schedule.failed();
     }
 
-    /// A publish from the server API.
+    /// Writes the webhook events the last call produced (call it right after, in the same
+    /// synchronous step, so they commit with what produced them), and asks the alarm to
+    /// deliver them unless a delivery or a retry is already under way.
+    pub fn commit(&mut self, db: &dyn Sql, now: i64) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        if self.hook_queue.is_empty() {
+            return fx;
+        }
+        let events = std::mem::take(&mut self.hook_queue);
+        let Some(hooks) = self.hooks.as_mut() else {
+            return fx;
+        };
+        for event in &events {
+            if let Err(e) = hooks.record(db, &self.head.epoch, now, event) {
+                fx.push(log_line(
+                    "webhook.record_failed",
+                    &[("detail", e.to_string())],
+                ));
+            }
+        }
+        let idle = hooks.in_flight.is_none() && hooks.attempts == 0;
+        if idle {
+            self.want(&mut fx, Reason::Webhook, now);
+        }
+        fx
+    }
+
+    /// The receiver's answer to the batch ending at `upto`; `jitter` in [0, 1) spreads the
+    /// retry. A 2xx deletes the batch and starts the next one; anything else schedules a
+    /// retry, after which events older than `WEBHOOK_MAX_AGE_SECS` become dead.
+    pub fn delivered(
+        &mut self,
+        db: &dyn Sql,
+        now: i64,
+        upto: u64,
+        outcome: &Outcome,
+        jitter: f64,
+    ) -> Vec<Effect<H>> {
+        let mut fx = Vec::new();
+        let Some(hooks) = self.hooks.as_mut() else {
+            return fx;
+        };
+        if webhooks::accepted(outcome) {
+            if let Err(e) = hooks.delivered(db, upto) {
+                fx.push(log_line("webhook.ack_failed", &[("detail", e.to_string())]));
+            }
+            self.deliver_next(&mut fx, db, now);
+            return fx;
+        }
+        let why = match outcome {
+            Outcome::Status(s) => format!("HTTP {s}"),
+            Outcome::Failed(e) => e.clone(),
+        };
+        let delay = hooks.failed(why.clone(), jitter);
+        let attempts = hooks.attempts;
+        match hooks.expire(db, now) {
+            Ok(0) => {}
+            Ok(n) => fx.push(log_line("webhook.dead", &[("events", n.to_string())])),
+            Err(e) => fx.push(log_line(
+                "webhook.expire_failed",
+                &[("detail", e.to_string())],
+            )),
+        }
+        fx.push(log_line(
+            "webhook.retry",
+            &[
+                ("error", why),
+                ("attempts", attempts.to_string()),
+                ("delay_ms", delay.to_string()),
+            ],
+        ));
+        self.want(&mut fx, Reason::Webhook, now + delay);
+        fx
+    }
+
+    /// `GET /v1/rooms/{room}/webhooks`.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn webhook_status(&self, db: &dyn Sql) -> Result<Status> {
+        let Some(hooks) = &self.hooks else {
+            return Ok(Status {
+                enabled: false,
+                pending: 0,
+                dead: 0,
+                next_attempt_ms: None,
+                last_error: None,
+                attempts: 0,
+            });
+        };
+        let (pending, dead) = hooks.counts(db)?;
+        Ok(Status {
+            enabled: true,
+            pending,
+            dead,
+            next_attempt_ms: self.schedule.wanted(Reason::Webhook),
+            last_error: hooks.last_error.clone(),
+            attempts: hooks.attempts,
+        })
+    }
+
+    /// `POST /v1/rooms/{room}/webhooks/retry`: dead events are queued again and delivery
+    /// is attempted at once. Returns how many were dead.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn webhook_retry(&mut self, db: &dyn Sql, now: i64) -> Result<(u64, Vec<Effect<H>>)> {
+        let mut fx = Vec::new();
+        let Some(hooks) = self.hooks.as_mut() else {
+            return Ok((0, fx));
+        };
+        let requeued = hooks.requeue(db, now)?;
+        if hooks.in_flight.is_none() {
+            self.want(&mut fx, Reason::Webhook, now);
+        }
+        Ok((requeued, fx))
+    }
+
+    fn deliver_next(&mut self, fx: &mut Vec<Effect<H>>, db: &dyn Sql, now: i64) {
+        let Some(hooks) = self.hooks.as_mut() else {
+            return;
+        };
+        if hooks.in_flight.is_some() {
+            return;
+        }
+        if let Err(e) = hooks.expire(db, now) {
+            fx.push(log_line(
+                "webhook.expire_failed",
+                &[("detail", e.to_string())],
+            ));
+        }
+        let head = (
+            self.room.as_str(),
+            self.tenant.as_deref(),
+            self.head.epoch.as_str(),
+        );
+        match hooks.next_batch(db, head, now) {
+            Ok(Some(batch)) => fx.push(Effect::Deliver(batch)),
+            Ok(None) => {
+                // Nothing left to send (all delivered, or the rest dead): the next event
+                // starts a delivery at once instead of waiting out a backoff.
+                hooks.attempts = 0;
+                self.schedule.cancel(Reason::Webhook);
+            }
+            Err(e) => {
+                fx.push(log_line(
+                    "webhook.batch_failed",
+                    &[("detail", e.to_string())],
+                ));
+                self.want(fx, Reason::Webhook, now + webhooks::MAX_BACKOFF_MS);
+            }
+        }
+    }
+
+    fn want(&mut self, fx: &mut Vec<Effect<H>>, reason: Reason, at: i64) {
+        if let Some(at_ms) = self.schedule.want(reason, at) {
+            fx.push(Effect::SetAlarm { at_ms });
+        }
+    }
+
+    /// Wakes for a token expiring at `exp` (unix seconds) unless an earlier expiry is
+    /// already wanted.
+    fn want_expiry(&mut self, fx: &mut Vec<Effect<H>>, exp: i64) {
+        let due = (exp + LEEWAY_SECS + 1) * 1000;
+        let at = self
+            .schedule
+            .wanted(Reason::Expiry)
+            .map_or(due, |w| w.min(due));
+        self.want(fx, Reason::Expiry, at);
+    }
+
+    fn hook_presence(&mut self, op: &str, id: &Identity, now: i64) {
+        if self.hooks.as_ref().is_some_and(|h| h.config.kinds.presence) {
+            let info = id.info_raw();
+            let event = webhooks::PresenceEvent {
+                kind: "presence",
+                op,
+                user: &id.user,
+                info: &info,
+                ts: now,
+            };
+            self.hook_queue.extend(serde_json::to_string(&event).ok());
+        }
+    }
+
+    fn hook_room(&mut self, op: &str, now: i64) {
+        if self.hooks.as_ref().is_some_and(|h| h.config.kinds.room) {
+            let event = webhooks::RoomEvent {
+                kind: "room",
+                op,
+                ts: now,
+            };
+            self.hook_queue.extend(serde_json::to_string(&event).ok());
+        }
+    }
+
+    /// A publish from the server API, or a client's HTTP publish (`req.client`).
     ///
     /// # Errors
     ///
     /// `BadRequest` for an id/event/key the contract refuses (the Worker checks first);
+    /// `RateLimited` when a client's bucket is empty (nothing was published);
     /// `Internal` when storage fails.
     pub fn publish(
         &mut self,
@@ -438,7 +740,14 @@ impl<H: Clone> RoomCore<H> {
         )
         .map_err(|e| Error::BadRequest(e.to_string()))?;
         let mut fx = Vec::new();
-        let except = req.exclude_conn.as_deref();
+        let (from, except) = match &req.client {
+            None => (None, req.exclude_conn.clone()),
+            Some(client) => {
+                self.admit_http(now, &client.user)?;
+                self.http_publisher(client)
+            }
+        };
+        let (from, except) = (from.as_ref(), except.as_deref());
         let delivered = self
             .peers
             .iter()
@@ -451,7 +760,7 @@ impl<H: Clone> RoomCore<H> {
                 key: req.key.as_deref(),
                 data: &req.data,
             };
-            self.fan_out_ephemeral(&mut fx, now, signal, None, except);
+            self.fan_out_ephemeral(&mut fx, now, signal, from, except);
             Published::Ephemeral(EphemeralResult {
                 room: req.room.clone(),
                 ephemeral: true,
@@ -459,7 +768,7 @@ impl<H: Clone> RoomCore<H> {
             })
         } else {
             let id = req.id.as_deref().unwrap_or_default();
-            let outcome = self.append(&mut fx, db, now, id, &req.event, &req.data, None, except)?;
+            let outcome = self.append(&mut fx, db, now, id, &req.event, &req.data, from, except)?;
             Published::Durable(PublishResult {
                 room: req.room.clone(),
                 epoch: self.head.epoch.clone(),
@@ -473,6 +782,35 @@ impl<H: Clone> RoomCore<H> {
             })
         };
         Ok((published, fx))
+    }
+
+    /// Charges a client HTTP publish to its user's bucket in this room.
+    fn admit_http(&mut self, now: i64, user: &str) -> Result<()> {
+        let limits = self.limits;
+        if self.http_buckets.len() >= MAX_HTTP_BUCKETS && !self.http_buckets.contains_key(user) {
+            self.http_buckets.retain(|_, b| !b.is_full(&limits, now));
+        }
+        self.http_buckets
+            .entry(user.to_string())
+            .or_insert_with(|| Bucket::full(&limits, now))
+            .take(&limits, now)
+            .map_err(Error::RateLimited)
+    }
+
+    /// Who a client HTTP publish is from, and which connection it skips: the client's
+    /// own connection when it named an open one of the same user (skipped unless
+    /// `echo`), else `h_<user>` and no one.
+    fn http_publisher(&self, client: &ClientPublish) -> (Option<From>, Option<String>) {
+        let own = client
+            .conn
+            .as_deref()
+            .filter(|c| self.peer(c).is_some_and(|p| p.id.user == client.user));
+        let from = From {
+            user: client.user.clone(),
+            conn: own.map_or_else(|| http_conn(&client.user), str::to_string),
+        };
+        let except = own.filter(|_| !client.echo).map(str::to_string);
+        (Some(from), except)
     }
 
     /// Sends everything queued: one WebSocket message per socket per batch, through
@@ -494,7 +832,22 @@ impl<H: Clone> RoomCore<H> {
                 outbox::bytes(batch.shared(true)),
             ];
             let (mut failed, mut slow) = (Vec::new(), Vec::new());
-            for peer in &mut self.peers {
+            let (mut sends, mut deliveries) = (0u64, 0u64);
+            // The two least unread among sockets that send receipts: each socket is
+            // measured against the best of the others (see `Flow::over`).
+            let mut best: [(u64, usize); 2] = [(u64::MAX, usize::MAX); 2];
+            for (i, p) in self.peers.iter().enumerate() {
+                if let Some(unread) = p.flow.confirmed_pending() {
+                    if unread < best[0].0 {
+                        best = [(unread, i), best[0]];
+                    } else if unread < best[1].0 {
+                        best[1] = (unread, i);
+                    }
+                }
+            }
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                let others = if best[0].1 == i { best[1].0 } else { best[0].0 };
+                let baseline = if others == u64::MAX { 0 } else { others };
                 let watches = peer.id.presence;
                 let conn = peer.id.conn.as_str();
                 let mut payload = batch.payload(conn, peer.since, watches);
@@ -516,12 +869,12 @@ impl<H: Clone> RoomCore<H> {
                         payload = durable;
                         (msgs, bytes) = size(&payload);
                     }
-                    // Closed only once what it has already left unread is over the bound:
-                    // a socket that kept up takes one batch of any size, since a room
-                    // catching up after a stall sends healthy readers more than the bound
-                    // at once.
-                    if peer.flow.over(&limits, now) {
-                        slow.push(peer.id.conn.clone());
+                    // Closed only once what it has already left unread is over the bound
+                    // (beyond the best of its peers): a socket that kept up takes one
+                    // batch of any size, since a room catching up after a stall sends
+                    // healthy readers more than the bound at once.
+                    if peer.flow.over(&limits, now, baseline) {
+                        slow.push((peer.id.conn.clone(), baseline));
                         continue;
                     }
                 }
@@ -536,14 +889,19 @@ impl<H: Clone> RoomCore<H> {
                 };
                 if send(&peer.handle, out) {
                     peer.flow.sent(&limits, now, msgs as u64, bytes);
+                    sends += msgs as u64;
+                    deliveries += batch.frames(&payload, conn, peer.since, watches) as u64;
                 } else {
                     failed.push(peer.id.conn.clone());
                 }
             }
+            self.counters.sends += sends;
+            self.counters.deliveries += deliveries;
             // A socket whose send throws is closing already (workerd ignores sends to a
             // socket whose peer vanished): forget it; its close event finds nothing.
             for conn in failed {
                 if let Some(peer) = self.remove(&mut fx, now, &conn) {
+                    self.counters.kicked(close::INTERNAL);
                     fx.push(Effect::Close {
                         to: peer.handle,
                         code: close::INTERNAL,
@@ -551,7 +909,7 @@ impl<H: Clone> RoomCore<H> {
                     });
                 }
             }
-            for conn in slow {
+            for (conn, baseline) in slow {
                 let pending = self.peer(&conn).map_or(0, |p| p.flow.pending(&limits, now));
                 fx.push(log_line(
                     "socket.kick",
@@ -560,6 +918,7 @@ impl<H: Clone> RoomCore<H> {
                         ("code", close::TOO_SLOW.to_string()),
                         ("reason", "too slow".into()),
                         ("pending_bytes", pending.to_string()),
+                        ("baseline_bytes", baseline.to_string()),
                     ],
                 ));
                 self.drop_peer(&mut fx, now, &conn, close::TOO_SLOW, "too_slow", None);
@@ -569,7 +928,12 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// `GET /v1/rooms/{room}`.
-    pub fn info(&self, room: String, storage: StorageStats) -> RoomInfo {
+    pub fn info(&self, db: &dyn Sql, room: String, storage: StorageStats) -> RoomInfo {
+        let webhooks = self
+            .hooks
+            .as_ref()
+            .and_then(|h| h.counts(db).ok())
+            .map(|(pending, dead)| super::rpc::WebhookBacklog { pending, dead });
         RoomInfo {
             room,
             epoch: self.head.epoch.clone(),
@@ -586,6 +950,8 @@ impl<H: Clone> RoomCore<H> {
                 })
                 .collect(),
             storage,
+            counters: self.counters.clone(),
+            webhooks,
         }
     }
 
@@ -633,8 +999,24 @@ impl<H: Clone> RoomCore<H> {
             ts: now,
         };
         let outcome = log::append(db, &mut self.head, retention, entry)?;
+        match outcome {
+            Appended::New(_) => self.counters.messages += 1,
+            Appended::Duplicate(_) => self.counters.duplicates += 1,
+        }
         if let Appended::New(seq) = outcome {
             let frame = codec::message(seq, id, event, data, from, now);
+            let forward = self
+                .hooks
+                .as_ref()
+                .is_some_and(|h| h.config.kinds.message && h.config.forwards_event(event));
+            if forward {
+                // The webhook event is the message frame with `kind` in place of `type`.
+                let body = frame
+                    .strip_prefix(r#"{"type":"message","#)
+                    .unwrap_or(&frame);
+                self.hook_queue
+                    .push(format!(r#"{{"kind":"message",{body}"#));
+            }
             self.queue(
                 fx,
                 now,
@@ -656,6 +1038,7 @@ impl<H: Clone> RoomCore<H> {
         from: Option<&From>,
         except: Option<&str>,
     ) {
+        self.counters.ephemeral += 1;
         let frame = codec::ephemeral(s.id, s.event, s.key, s.data, from, now);
         let signal: Conflation = (
             from.map(|f| f.conn.clone()),
@@ -752,6 +1135,7 @@ impl<H: Clone> RoomCore<H> {
                 &[("conn", conn.to_string()), ("detail", detail.clone())],
             ));
         }
+        self.counters.rejected(err.code());
         let frame = error_frame(id, err);
         if let Some(code) = err.close_code() {
             self.drop_peer(fx, now, conn, code, err.code(), Some(frame));
@@ -815,6 +1199,7 @@ impl<H: Clone> RoomCore<H> {
         let Some(peer) = self.remove(fx, now, conn) else {
             return;
         };
+        self.counters.kicked(code);
         for text in texts {
             fx.push(Effect::Send {
                 to: peer.handle.clone(),

@@ -7,7 +7,8 @@ use super::commands::disconnect::{DisconnectRequest, Target};
 use super::core::{Effect, Out, Published, RoomCore};
 use super::log::tests::{lite, Lite, V1_ROOM};
 use super::peer::Identity;
-use super::rpc::{ConnectRequest, PublishRequest};
+use super::rpc::{ClientPublish, ConnectRequest, PublishRequest, Transport};
+use super::webhooks::{Delivery, Outcome};
 use crate::auth::LEEWAY_SECS;
 use crate::config::Limits;
 use crate::error::Error;
@@ -30,6 +31,8 @@ struct Fixture {
     alarms: Vec<i64>,
     /// Handles whose sends fail (the runtime refuses them).
     broken: Vec<u32>,
+    /// Webhook batches the room asked to POST, oldest first.
+    deliveries: Vec<Delivery>,
 }
 
 const NOW: i64 = 1_800_000_000_000;
@@ -56,6 +59,7 @@ impl Fixture {
             closed: Vec::new(),
             alarms: Vec::new(),
             broken: Vec::new(),
+            deliveries: Vec::new(),
         }
     }
 
@@ -70,6 +74,7 @@ impl Fixture {
             since: None,
             epoch: None,
             presence: true,
+            transport: Transport::WebSocket,
         }
     }
 
@@ -101,8 +106,10 @@ impl Fixture {
         }
     }
 
-    /// Applies effects like the Durable Object does; flushes run at once.
-    fn apply(&mut self, fx: Fx) {
+    /// Applies effects like the Durable Object does (after committing the webhook events
+    /// of the call, as its glue does); flushes run at once.
+    fn apply(&mut self, mut fx: Fx) {
+        fx.extend(self.core.commit(&self.db, self.now));
         let mut flush = false;
         for effect in fx {
             match effect {
@@ -111,6 +118,7 @@ impl Fixture {
                 Effect::Attach { .. } | Effect::Log { .. } => {}
                 Effect::Flush { .. } => flush = true,
                 Effect::SetAlarm { at_ms } => self.alarms.push(at_ms),
+                Effect::Deliver(batch) => self.deliveries.push(batch),
             }
         }
         if flush {
@@ -182,6 +190,7 @@ impl Fixture {
             exclude_conn: None,
             ephemeral,
             key: None,
+            client: None,
         };
         let (published, fx) = self
             .core
@@ -485,7 +494,7 @@ fn the_alarm_follows_the_earliest_expiry_and_closes_in_groups() {
         "only an earlier expiry moves the alarm"
     );
     r.now = at(base + 100);
-    let fx = r.core.alarm(r.now);
+    let fx = r.core.alarm(&r.db, r.now);
     r.apply(fx);
     // Both expire within EXPIRY_COALESCE_SECS of the alarm: one wake-up closes both.
     assert_eq!(r.close_code(first), Some(4001));
@@ -498,7 +507,7 @@ fn the_alarm_follows_the_earliest_expiry_and_closes_in_groups() {
         "rescheduled for the next expiry"
     );
     r.now = at(base + 200);
-    let fx = r.core.alarm(r.now);
+    let fx = r.core.alarm(&r.db, r.now);
     r.apply(fx);
     assert_eq!(r.close_code(late), Some(4001));
     assert_eq!(r.alarms.len(), 3, "nothing left to wake for");
@@ -1000,5 +1009,570 @@ fn a_version_1_room_resumes_across_the_upgrade() {
     assert_eq!(
         r.frames(a, "ack")[1],
         json!({"type":"ack","id":"first","seq":1,"duplicate":true})
+    );
+}
+
+// ---- webhooks -----------------------------------------------------------------------------
+
+fn hooks(events: &str, max_batch: u32) -> crate::config::Webhooks {
+    let vars = [
+        ("WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+        ("WEBHOOK_SECRET", "s"),
+        ("WEBHOOK_EVENTS", events),
+        ("WEBHOOK_MESSAGE_EVENTS", "chat,order.*"),
+        ("WEBHOOK_MAX_AGE_SECS", "60"),
+    ];
+    let batch = max_batch.to_string();
+    let get = |name: &str| {
+        if name == "WEBHOOK_MAX_BATCH" {
+            return Some(batch.clone());
+        }
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    crate::config::Webhooks::from_lookup(&get)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("configured"))
+}
+
+fn with_hooks(events: &str, max_batch: u32) -> Fixture {
+    let mut r = Fixture::new(Limits {
+        rate_limit_burst: 1000,
+        rate_limit_per_sec: 1000,
+        ..limits()
+    });
+    let fx = r
+        .core
+        .start(&r.db, r.now, "acme/lobby", Some(hooks(events, max_batch)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.apply(fx);
+    r
+}
+
+/// Fires the alarm and returns the batch it asked to POST, as parsed JSON.
+fn fire(r: &mut Fixture) -> Option<(u64, Value)> {
+    let fx = r.core.alarm(&r.db, r.now);
+    r.apply(fx);
+    let batch = r.deliveries.pop()?;
+    let body = serde_json::from_str(&batch.body).unwrap_or_else(|e| panic!("{e}"));
+    Some((batch.upto, body))
+}
+
+fn answer(r: &mut Fixture, upto: u64, outcome: Outcome, jitter: f64) {
+    let fx = r.core.delivered(&r.db, r.now, upto, &outcome, jitter);
+    r.apply(fx);
+}
+
+fn kinds(body: &Value) -> Vec<String> {
+    body["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}:{}",
+                        e["kind"].as_str().unwrap_or("?"),
+                        e["op"].as_str().or(e["event"].as_str()).unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn webhook_events_are_recorded_with_what_they_describe_and_filtered() {
+    let mut r = with_hooks("message,presence,room", 100);
+    let a = r.connect("alice");
+    assert_eq!(
+        r.alarms.last(),
+        Some(&NOW),
+        "the first event asks for a delivery at once"
+    );
+    let b = r.connect("bob");
+    r.publish(a, "m1"); // event "chat": forwarded
+    r.send(a, json!({"type":"publish","id":"m2","event":"cursor.move"})); // not in the patterns
+    r.send(
+        a,
+        json!({"type":"publish","id":"m3","event":"order.paid","data":{"n":1}}),
+    );
+    r.send(a, json!({"type":"publish","ephemeral":true,"event":"chat"})); // never forwarded
+    r.publish(b, "m1"); // a duplicate: nothing new
+    for h in [a, b] {
+        let fx = r.core.closed(r.now, &Fixture::conn(h));
+        r.apply(fx);
+    }
+    let (upto, body) = fire(&mut r).unwrap_or_else(|| panic!("a batch"));
+    assert_eq!(
+        (body["room"].as_str(), body["tenant"].as_str()),
+        (Some("lobby"), Some("acme"))
+    );
+    assert_eq!(
+        kinds(&body),
+        vec![
+            "presence:join",
+            "room:occupied",
+            "presence:join",
+            "message:chat",
+            "message:order.paid",
+            "presence:leave",
+            "presence:leave",
+            "room:vacated"
+        ]
+    );
+    let wids: Vec<&str> = body["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["wid"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        wids,
+        (1..=8).map(|n| format!("e_test:{n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(upto, 8);
+    let paid = &body["events"][4];
+    assert_eq!(
+        (paid["seq"].as_u64(), paid["id"].as_str()),
+        (Some(3), Some("m3"))
+    );
+    assert_eq!(paid["from"]["user"], "alice");
+    assert!(r.deliveries.is_empty());
+}
+
+#[test]
+fn by_default_only_messages_are_forwarded() {
+    let mut r = with_hooks("message", 100);
+    let a = r.connect("alice");
+    assert!(
+        r.alarms.is_empty() || r.alarms == vec![(NOW / 1000 + 600 + LEEWAY_SECS + 1) * 1000],
+        "no webhook yet: {:?}",
+        r.alarms
+    );
+    r.publish(a, "only");
+    let (_, body) = fire(&mut r).unwrap_or_else(|| panic!("a batch"));
+    assert_eq!(kinds(&body), vec!["message:chat"]);
+}
+
+#[test]
+fn failed_deliveries_back_off_and_batches_go_in_order_once_taken() {
+    let mut r = with_hooks("message", 2);
+    let a = r.connect("alice");
+    for i in 0..5 {
+        r.publish(a, &format!("m{i}"));
+    }
+    let (upto, first) = fire(&mut r).unwrap_or_else(|| panic!("a batch"));
+    assert_eq!((upto, kinds(&first).len()), (2, 2));
+    // While a batch is in flight, new events do not start another delivery.
+    r.publish(a, "late");
+    assert!(r.deliveries.is_empty());
+    // Three failures: 1 s, 2 s, 4 s (full jitter here), the same batch each time.
+    for (i, delay) in [1000, 2000, 4000].into_iter().enumerate() {
+        let outcome = if i == 1 {
+            Outcome::Failed("no answer within 10000 ms".into())
+        } else {
+            Outcome::Status(500)
+        };
+        answer(&mut r, upto, outcome, 1.0);
+        let status = r
+            .core
+            .webhook_status(&r.db)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status.next_attempt_ms, Some(r.now + delay));
+        assert_eq!(status.attempts, i as u32 + 1);
+        assert_eq!(status.pending, 6);
+        r.now += delay;
+        let (again, body) = fire(&mut r).unwrap_or_else(|| panic!("a retry"));
+        assert_eq!((again, &body["events"]), (upto, &first["events"]));
+    }
+    assert_eq!(
+        r.core
+            .webhook_status(&r.db)
+            .map(|s| s.last_error)
+            .ok()
+            .flatten()
+            .as_deref(),
+        Some("HTTP 500")
+    );
+    // Taken: the next batch follows at once, without waiting for an alarm.
+    answer(&mut r, upto, Outcome::Status(204), 0.5);
+    let next = r
+        .deliveries
+        .pop()
+        .unwrap_or_else(|| panic!("the next batch"));
+    assert_eq!(next.upto, 4);
+    answer(&mut r, next.upto, Outcome::Status(200), 0.5);
+    let last = r
+        .deliveries
+        .pop()
+        .unwrap_or_else(|| panic!("the last batch"));
+    assert_eq!((last.upto, last.count), (6, 2));
+    answer(&mut r, last.upto, Outcome::Status(200), 0.5);
+    assert!(r.deliveries.is_empty());
+    let status = r
+        .core
+        .webhook_status(&r.db)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (
+            status.pending,
+            status.dead,
+            status.attempts,
+            status.last_error
+        ),
+        (0, 0, 0, None)
+    );
+}
+
+#[test]
+fn undeliverable_events_die_after_the_max_age_and_the_retry_route_revives_them() {
+    let mut r = with_hooks("message", 100);
+    let a = r.connect("alice");
+    r.publish(a, "old");
+    let (upto, _) = fire(&mut r).unwrap_or_else(|| panic!("a batch"));
+    r.now += 61_000; // past WEBHOOK_MAX_AGE_SECS (60)
+    answer(&mut r, upto, Outcome::Status(503), 0.0);
+    let status = r
+        .core
+        .webhook_status(&r.db)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((status.pending, status.dead), (0, 1));
+    r.now += 1000;
+    assert!(fire(&mut r).is_none(), "dead events are not sent");
+    r.publish(a, "new");
+    let (_, body) = fire(&mut r).unwrap_or_else(|| panic!("new events still flow"));
+    assert_eq!(body["events"][0]["id"], "new");
+    answer(&mut r, 2, Outcome::Status(200), 0.0);
+    let (n, fx) = r
+        .core
+        .webhook_retry(&r.db, r.now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n, 1);
+    r.apply(fx);
+    let (_, body) = fire(&mut r).unwrap_or_else(|| panic!("the revived event"));
+    assert_eq!(body["events"][0]["id"], "old");
+    assert_eq!(
+        body["events"][0]["wid"], "e_test:1",
+        "same wid: receivers dedupe by it"
+    );
+}
+
+#[test]
+fn a_restarted_room_delivers_what_it_had_stored() {
+    let mut r = with_hooks("message", 100);
+    let a = r.connect("alice");
+    r.publish(a, "before");
+    // The process dies with the event stored and undelivered; a new core starts over it.
+    let mut core: RoomCore<u32> =
+        RoomCore::load(&r.db, limits(), r.now, &|| "x".into(), Vec::new(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let fx = core
+        .start(&r.db, r.now, "acme/lobby", Some(hooks("message", 100)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        fx.iter()
+            .any(|f| matches!(f, Effect::SetAlarm { at_ms } if *at_ms == r.now)),
+        "{fx:?}"
+    );
+    let fx = core.alarm(&r.db, r.now);
+    let batch = fx.iter().find_map(|f| match f {
+        Effect::Deliver(b) => Some(b.clone()),
+        _ => None,
+    });
+    assert!(batch.is_some_and(|b| b.body.contains(r#""id":"before""#)));
+}
+
+// ---- what an operator sees ----------------------------------------------------------------
+
+#[test]
+fn counters_follow_what_happened_since_the_start() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_burst: 2,
+        rate_limit_per_sec: 1,
+        max_connections_per_user: 1,
+        ..limits()
+    });
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    assert!(r.try_connect(Fixture::request("bob")).is_err());
+    r.publish(a, "m1");
+    r.publish(b, "m1"); // duplicate
+    r.send(
+        a,
+        json!({"type":"publish","ephemeral":true,"event":"cursor"}),
+    );
+    r.send(b, json!({"type":"nope"}));
+    let frames: Vec<Value> = (0..5)
+        .map(|i| json!({"type":"publish","id":format!("x{i}"),"event":"e"}))
+        .collect();
+    r.send(a, Value::Array(frames)); // refused until kicked with 4008
+    let c = &r.core.counters;
+    assert_eq!(
+        (
+            c.messages,
+            c.duplicates,
+            c.ephemeral,
+            c.connects,
+            c.peak_connections
+        ),
+        (1, 1, 1, 2, 2)
+    );
+    assert_eq!(c.rejections.get("too_many_connections"), Some(&1));
+    assert_eq!(c.rejections.get("unknown_type"), Some(&1));
+    assert_eq!(c.rejections.get("rate_limited"), Some(&2));
+    assert_eq!(c.kicks.get(&4008), Some(&1));
+    // m1 to bob, the cursor to bob, the ack-free duplicate: two frames reached other sockets,
+    // plus each socket's own acks and errors.
+    assert!(c.deliveries >= 2 && c.sends >= 2, "{c:?}");
+    assert_eq!(c.since_ms, NOW);
+    let info = r.core.info(&r.db, "lobby".into(), Default::default());
+    assert_eq!(info.counters, r.core.counters);
+    assert!(
+        info.webhooks.is_none(),
+        "no webhook backlog without webhooks"
+    );
+}
+
+#[test]
+fn a_room_that_falls_behind_does_not_close_readers_that_keep_up_with_it() {
+    let mut r = Fixture::new(Limits {
+        max_pending_bytes: 16 * 1024,
+        rate_limit_burst: 1000,
+        rate_limit_per_sec: 1000,
+        ..limits()
+    });
+    let publisher = r.connect("pub");
+    let readers: Vec<u32> = (0..3).map(|i| r.connect(&format!("r{i}"))).collect();
+    let stalled = r.connect("stalled");
+    for &h in readers.iter().chain([&stalled]) {
+        r.send(h, json!({"type":"received","messages":1}));
+    }
+    // The room is behind: receipts wait behind its backlog, so every reader's unread grows
+    // together past the bound, batch after batch.
+    for i in 0..6 {
+        let frame = json!({"type":"publish","id":format!("b{i}"),"event":"e","data":kib(10)});
+        r.send(publisher, frame);
+    }
+    for &h in readers.iter().chain([&stalled]) {
+        assert_eq!(
+            r.close_code(h),
+            None,
+            "all equally behind: nobody is the slow one"
+        );
+        assert_eq!(r.seqs(h).len(), 6);
+    }
+    // The room catches up: the readers' receipts arrive; the stalled one's never does.
+    for &h in &readers {
+        let n = r.messages.iter().filter(|(to, _)| *to == h).count();
+        r.send(h, json!({"type":"received","messages":n}));
+    }
+    for i in 0..3 {
+        let frame = json!({"type":"publish","id":format!("c{i}"),"event":"e","data":kib(10)});
+        r.send(publisher, frame);
+        for &h in &readers {
+            let n = r.messages.iter().filter(|(to, _)| *to == h).count();
+            r.send(h, json!({"type":"received","messages":n}));
+        }
+    }
+    assert_eq!(
+        r.close_code(stalled),
+        Some(4009),
+        "behind its peers by more than the bound"
+    );
+    for &h in &readers {
+        assert_eq!(r.close_code(h), None);
+        assert_eq!(r.seqs(h).len(), 9);
+    }
+}
+
+// ---- client HTTP publishes and relay sockets (docs/protocol.md §13) ----------------------
+
+impl Fixture {
+    fn client_publish(
+        &mut self,
+        user: &str,
+        id: Option<&str>,
+        conn: Option<String>,
+        echo: bool,
+    ) -> Result<Published, Error> {
+        let req = PublishRequest {
+            room: "lobby".into(),
+            id: id.map(str::to_string),
+            event: "chat".into(),
+            data: null_raw(),
+            exclude_conn: None,
+            ephemeral: id.is_none(),
+            key: None,
+            client: Some(ClientPublish {
+                user: user.into(),
+                conn,
+                echo,
+            }),
+        };
+        let (published, fx) = self.core.publish(&self.db, self.now, &req)?;
+        self.apply(fx);
+        Ok(published)
+    }
+}
+
+fn durable(p: Result<Published, Error>) -> (u64, bool) {
+    match p {
+        Ok(Published::Durable(r)) => (r.seq, r.duplicate),
+        other => panic!("expected a durable result, got {other:?}"),
+    }
+}
+
+#[test]
+fn client_http_publishes_share_the_id_space_and_name_the_user() {
+    let mut r = Fixture::new(limits());
+    let a = r.connect("alice");
+    let b = r.connect("bob");
+    r.publish(a, "x1");
+    assert_eq!(
+        durable(r.client_publish("bob", Some("x1"), None, false)),
+        (1, true),
+        "an id first sent over a socket is a duplicate over HTTP"
+    );
+    assert_eq!(
+        durable(r.client_publish("bob", Some("h1"), None, false)),
+        (2, false)
+    );
+    assert_eq!(
+        durable(r.client_publish("carol", Some("h1"), None, false)),
+        (2, true)
+    );
+    r.publish(a, "h1");
+    let acks = r.frames(a, "ack");
+    assert_eq!(
+        (acks[1]["seq"].as_u64(), acks[1]["duplicate"].as_bool()),
+        (Some(2), Some(true))
+    );
+    let m = &r.frames(a, "message")[0];
+    assert_eq!(m["from"], json!({"user":"bob","conn":"h_bob"}));
+    assert_eq!(
+        r.seqs(b),
+        vec![1, 2],
+        "without a conn of its own, bob receives it too"
+    );
+}
+
+#[test]
+fn a_client_naming_its_own_stream_is_skipped_unless_it_asks_for_an_echo() {
+    let mut r = Fixture::new(limits());
+    let stream = r.connect("bob");
+    let other = r.connect("alice");
+    let own = Some(Fixture::conn(stream));
+    durable(r.client_publish("bob", Some("m1"), own.clone(), false));
+    assert_eq!(r.seqs(stream), Vec::<u64>::new());
+    assert_eq!(
+        r.frames(other, "message")[0]["from"]["conn"],
+        Fixture::conn(stream).as_str()
+    );
+    durable(r.client_publish("bob", Some("m2"), own, true));
+    assert_eq!(r.seqs(stream), vec![2]);
+    // Another user's connection is not taken: the message is from h_mallory, skips no one.
+    durable(r.client_publish("mallory", Some("m3"), Some(Fixture::conn(other)), false));
+    let last = r.frames(other, "message").pop().unwrap_or_default();
+    assert_eq!(last["from"], json!({"user":"mallory","conn":"h_mallory"}));
+    // Ephemeral HTTP publishes are from the user too, and take no seq.
+    let e = r.client_publish("bob", None, None, false);
+    assert!(
+        matches!(e, Ok(Published::Ephemeral(ref x)) if x.delivered == 2),
+        "{e:?}"
+    );
+    assert_eq!(r.core.head().last_seq, 3);
+}
+
+#[test]
+fn client_http_publishes_are_rate_limited_per_user() {
+    let mut r = Fixture::new(Limits {
+        rate_limit_per_sec: 2,
+        rate_limit_burst: 3,
+        ..limits()
+    });
+    let ws = r.connect("alice");
+    for i in 0..3 {
+        durable(r.client_publish("alice", Some(&format!("a{i}")), None, false));
+    }
+    let refused = r.client_publish("alice", Some("a3"), None, false);
+    assert!(
+        matches!(refused, Err(Error::RateLimited(500))),
+        "{refused:?}"
+    );
+    assert_eq!(r.core.head().last_seq, 3, "a refused publish takes no seq");
+    // Another user has a bucket of their own, and so do alice's sockets.
+    durable(r.client_publish("bob", Some("b0"), None, false));
+    r.publish(ws, "w0");
+    assert_eq!(r.frames(ws, "ack").len(), 1);
+    r.now += 500;
+    assert_eq!(
+        durable(r.client_publish("alice", Some("a3"), None, false)),
+        (6, false)
+    );
+    assert!(
+        r.client_publish("alice", None, None, false).is_err(),
+        "ephemeral ones count too"
+    );
+}
+
+#[test]
+fn the_http_buckets_forget_full_ones_when_many_users_publish() {
+    let mut r = Fixture::new(limits());
+    for i in 0..1100 {
+        r.client_publish(&format!("u{i}"), None, None, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        r.now += 100;
+    }
+    assert!(
+        r.core.http_buckets_len() <= 1024,
+        "{}",
+        r.core.http_buckets_len()
+    );
+}
+
+#[test]
+fn a_poll_relay_counts_against_the_cap_but_is_not_shown_in_presence() {
+    let mut r = Fixture::new(Limits {
+        max_connections_per_user: 2,
+        ..limits()
+    });
+    let watcher = r.connect("w");
+    let poll = r
+        .try_connect(ConnectRequest {
+            presence: false,
+            transport: Transport::Poll,
+            ..Fixture::request("p")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        r.frames(watcher, "presence").is_empty(),
+        "a poll does not join"
+    );
+    let sse = r
+        .try_connect(ConnectRequest {
+            transport: Transport::Sse,
+            ..Fixture::request("p")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.frames(watcher, "presence").len(), 1, "an SSE stream does");
+    let w = &r.frames(sse, "welcome")[0];
+    assert_eq!(w["presence"]["count"], 2, "w and p (through its stream)");
+    let third = r.try_connect(ConnectRequest {
+        transport: Transport::Poll,
+        ..Fixture::request("p")
+    });
+    assert!(
+        matches!(third, Err(Error::TooManyConnections(_))),
+        "{third:?}"
+    );
+    let fx = r.core.closed(r.now, &Fixture::conn(poll));
+    r.apply(fx);
+    assert_eq!(r.frames(watcher, "presence").len(), 1, "nor does it leave");
+    assert_eq!(
+        r.core
+            .info(&r.db, "lobby".into(), Default::default())
+            .users
+            .len(),
+        2
     );
 }

@@ -31,6 +31,13 @@ impl Bucket {
         }
     }
 
+    /// Whether the bucket has refilled completely by `now_ms`.
+    pub fn is_full(&self, limits: &Limits, now_ms: i64) -> bool {
+        let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
+        self.tokens + elapsed * f64::from(limits.rate_limit_per_sec)
+            >= f64::from(limits.rate_limit_burst)
+    }
+
     /// Takes one token, or says how long until one is available (in ms, at least 1).
     pub fn take(&mut self, limits: &Limits, now_ms: i64) -> Result<(), u64> {
         let rate = f64::from(limits.rate_limit_per_sec);

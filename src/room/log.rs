@@ -14,6 +14,7 @@
 //!   as a neutral [`Record`], encoded to a wire format only at the edge (`codec`), so a
 //!   second encoding costs an encoder, not a migration. Version 1 stored the v1 wire JSON
 //!   itself; [`open`] migrates such rooms in place.
+//! * `webhooks(n PRIMARY KEY, queued, body, dead)`: the webhook outbox (`webhooks`).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::protocol::From;
 
 /// Current storage schema version, stored in `meta.schema_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Prune old rows once every this many appends. Pruning on every write would double the
 /// writes per publish; never pruning would let an idle-but-busy room grow without bound.
@@ -109,6 +110,8 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
     MESSAGES_TABLE,
     ADVANCE_HEAD,
+    super::webhooks::TABLE,
+    super::webhooks::ADVANCE,
 ];
 
 const MESSAGES_TABLE: &str = "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, from_user TEXT, from_conn TEXT, ts INTEGER NOT NULL)";
@@ -192,7 +195,8 @@ pub fn open(sql: &dyn Sql, new_epoch: &dyn Fn() -> String) -> Result<Head> {
                 "room storage has schema version {version}, this build understands up to {SCHEMA_VERSION}"
             )));
         }
-        // Migrations run in order, each taking the room one version up.
+        // Migrations run in order, each taking the room one version up. Version 3 only
+        // added the webhook outbox, which the schema below creates.
         if version < 2 {
             migrate_v1(sql)?;
         }
@@ -703,17 +707,19 @@ pub(crate) mod tests {
             schema(&db),
             vec![
                 "trigger | advance_head | CREATE TRIGGER advance_head AFTER INSERT ON messages BEGIN UPDATE meta SET value = NEW.seq WHERE key = 'last_seq'; END",
+                "trigger | advance_webhook | CREATE TRIGGER advance_webhook AFTER INSERT ON webhooks BEGIN UPDATE meta SET value = NEW.n WHERE key = 'webhook_n'; END",
                 "table | events | CREATE TABLE events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL)",
                 "index | events_by_ts | CREATE INDEX events_by_ts ON events (ts)",
                 "table | messages | CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, from_user TEXT, from_conn TEXT, ts INTEGER NOT NULL)",
                 "table | meta | CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+                "table | webhooks | CREATE TABLE webhooks (n INTEGER PRIMARY KEY, queued INTEGER NOT NULL, body TEXT NOT NULL, dead INTEGER NOT NULL DEFAULT 0)",
             ]
         );
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         let version = db
             .run("SELECT value FROM meta WHERE key = 'schema_version'", &[])
             .unwrap();
-        assert_eq!(version, vec![vec![Cell::Int(2)]]);
+        assert_eq!(version, vec![vec![Cell::Int(3)]]);
     }
 
     /// The literal rows a version-1 room holds (schema and frames as v1 wrote them).
@@ -774,7 +780,7 @@ pub(crate) mod tests {
             ("order.updated", "null")
         );
         assert_eq!(all[1].from, None);
-        // Opening again is a no-op: already at version 2.
+        // Opening again is a no-op: already at the current version.
         assert_eq!(open(&db, &|| "x".into()).unwrap(), head);
     }
 

@@ -13,13 +13,16 @@
 //! * [`log`]: sequence, dedup and history in SQLite; [`codec`]: records → wire frames.
 //! * [`outbox`]: queues, coalescing, conflation; [`limits`]: buckets and strikes.
 //! * [`sockets`] and [`sql`]: the runtime side (sends, timers, attachments, storage).
-//! * [`rpc`]: the Worker ↔ room requests.
+//! * [`webhooks`]: the outbox of events for the backend.
+//! * [`rpc`]: the Worker ↔ room requests; `http`: the object's answers to them.
 
 pub mod codec;
 pub mod commands;
 pub mod core;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod core_tests;
+pub mod counters;
+mod http;
 pub mod limits;
 pub mod log;
 pub mod outbox;
@@ -29,35 +32,39 @@ pub mod rpc;
 pub mod schedule;
 pub mod sockets;
 pub mod sql;
+pub mod webhooks;
+
+use std::rc::Rc;
 
 use worker::{
     durable_object, DurableObject, Env, Request, Response, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair,
+    WebSocketIncomingMessage,
 };
 
-use self::core::{Effect, Published, RoomCore};
-use crate::config::Limits;
+use self::core::{Effect, RoomCore};
+use crate::config::{Limits, Webhooks};
 use crate::error::{close, Error, Result};
-use crate::runtime::{json_response, log_line, now_ms, random_id};
-use rpc::ConnectRequest;
+use crate::runtime::{log_line, now_ms, random_id};
 use sockets::Shared;
-use sql::{DoSql, Stats};
 
 /// The Durable Object.
 #[durable_object]
 pub struct Room {
     state: State,
     limits: Limits,
-    core: Shared,
-    stats: Stats,
+    /// `None` when webhooks are off (or misconfigured: the Worker refuses every request
+    /// then, so a room never sees traffic it would have to forward).
+    hooks: Option<Webhooks>,
+    shared: Shared,
 }
 
 impl DurableObject for Room {
     fn new(state: State, env: Env) -> Self {
-        // The Worker rejects requests when the limits are malformed, so a room only ever
-        // sees valid ones; falling back to defaults here just avoids a panic path.
-        let limits = Limits::from_lookup(&|name| env.var(name).ok().map(|v| v.to_string()))
-            .unwrap_or_default();
+        let get = |name: &str| env.var(name).ok().map(|v| v.to_string());
+        // The Worker rejects requests when the configuration is malformed, so a room only
+        // ever sees valid values; falling back here just avoids a panic path.
+        let limits = Limits::from_lookup(&get).unwrap_or_default();
+        let hooks = Webhooks::from_lookup(&get).ok().flatten();
         // One line per construction: a room starting again after its sockets were idle is
         // how eviction shows in `wrangler tail` (and how the tests observe it).
         let name = state.id().name().unwrap_or_default();
@@ -66,13 +73,16 @@ impl DurableObject for Room {
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);
         }
-        let core = Shared::default();
-        let stats = Stats::default();
+        let shared = Rc::new(sockets::Room {
+            core: Default::default(),
+            sql: state.storage().sql(),
+            stats: Default::default(),
+        });
         Room {
             state,
             limits,
-            core,
-            stats,
+            hooks,
+            shared,
         }
     }
 
@@ -99,10 +109,8 @@ impl DurableObject for Room {
             let _ = ws.close(Some(close::INTERNAL), Some("room unavailable"));
             return Ok(());
         }
-        let now = now_ms();
-        let db = self.sql();
-        let fx = self.with_core(|core| match &message {
-            WebSocketIncomingMessage::String(text) => core.message(&db, now, &id.conn, text),
+        let fx = self.with_core(|core, db, now| match &message {
+            WebSocketIncomingMessage::String(text) => core.message(db, now, &id.conn, text),
             WebSocketIncomingMessage::Binary(_) => core.binary(now, &id.conn),
         });
         self.settle(fx).await;
@@ -134,7 +142,7 @@ impl DurableObject for Room {
 
     async fn alarm(&self) -> worker::Result<Response> {
         if self.load().await.is_ok() {
-            let fx = self.with_core(|core| core.alarm(now_ms()));
+            let fx = self.with_core(|core, db, now| core.alarm(db, now));
             self.settle(fx).await;
         }
         Response::ok("")
@@ -142,21 +150,15 @@ impl DurableObject for Room {
 }
 
 impl Room {
-    fn sql(&self) -> DoSql<'_> {
-        DoSql {
-            sql: self.state.storage().sql(),
-            stats: &self.stats,
-        }
-    }
-
     /// Builds the core on the first event after construction: the log head from SQLite,
-    /// the sockets from the runtime (with their attachments), the stored alarm.
+    /// the sockets from the runtime (with their attachments), the stored alarm; then what
+    /// the alarm must wake for.
     async fn load(&self) -> Result<()> {
-        if self.core.borrow().is_some() {
+        if self.shared.core.borrow().is_some() {
             return Ok(());
         }
         let alarm = self.state.storage().get_alarm().await.ok().flatten();
-        if self.core.borrow().is_some() {
+        if self.shared.core.borrow().is_some() {
             return Ok(()); // another event loaded it during the await
         }
         let sockets = self
@@ -164,34 +166,58 @@ impl Room {
             .get_websockets()
             .into_iter()
             .filter_map(|ws| sockets::identity(&ws).map(|id| (ws, id)));
-        let core = RoomCore::load(
-            &self.sql(),
-            self.limits,
-            now_ms(),
-            &|| random_id("e_"),
-            sockets,
-            alarm,
-        )?;
-        *self.core.borrow_mut() = Some(core);
+        let (db, now) = (self.shared.db(), now_ms());
+        let mut core = RoomCore::load(&db, self.limits, now, &|| random_id("e_"), sockets, alarm)?;
+        let key = self.state.id().name().unwrap_or_default();
+        let fx = core.start(&db, now, &key, self.hooks.clone())?;
+        *self.shared.core.borrow_mut() = Some(core);
+        self.settle(fx).await;
         Ok(())
     }
 
-    /// Runs `f` on the loaded core (callers load first; an empty slot yields nothing).
-    fn with_core<T: Default>(&self, f: impl FnOnce(&mut RoomCore<WebSocket>) -> T) -> T {
-        self.core.borrow_mut().as_mut().map(f).unwrap_or_default()
+    /// Runs `f` on the loaded core, then writes the webhook events it produced in the same
+    /// synchronous step (callers load first; an empty slot yields nothing).
+    fn with_core<T: Default + Extend<Effect<WebSocket>>>(
+        &self,
+        f: impl FnOnce(&mut RoomCore<WebSocket>, &sql::DoSql<'_>, i64) -> T,
+    ) -> T {
+        let db = self.shared.db();
+        let now = now_ms();
+        let mut slot = self.shared.core.borrow_mut();
+        let Some(core) = slot.as_mut() else {
+            return T::default();
+        };
+        let mut out = f(core, &db, now);
+        out.extend(core.commit(&db, now));
+        out
     }
 
-    /// Applies effects, then stores the alarm they ask for (the only one needing `await`;
-    /// every send before it has already been handed to the runtime, in order).
+    /// Applies effects, then does what needs an `await`: stores the alarm (every send was
+    /// already handed to the runtime, in order) and POSTs webhook batches one after the
+    /// other, each answer deciding the next step.
     async fn settle(&self, fx: Vec<Effect<WebSocket>>) {
-        let Some(at) = sockets::apply(&self.core, fx) else {
-            return;
-        };
-        // `set_alarm` takes an i64 as an offset from now, not as a timestamp.
-        let offset = (at - now_ms()).max(0);
-        if let Err(e) = self.state.storage().set_alarm(offset).await {
-            log_line("room.alarm_failed", &[("detail", &e.to_string())]);
-            self.with_core(|core| core.alarm_failed());
+        let mut pending = sockets::apply(&self.shared, fx);
+        loop {
+            if let Some(at) = pending.alarm.take() {
+                // `set_alarm` takes an i64 as an offset from now, not as a timestamp.
+                let offset = (at - now_ms()).max(0);
+                if let Err(e) = self.state.storage().set_alarm(offset).await {
+                    log_line("room.alarm_failed", &[("detail", &e.to_string())]);
+                    if let Some(core) = self.shared.core.borrow_mut().as_mut() {
+                        core.alarm_failed();
+                    }
+                }
+            }
+            let Some(batch) = pending.deliveries.pop() else {
+                return;
+            };
+            let outcome = sockets::post(&batch).await;
+            let jitter = f64::from(crate::runtime::random_u32()) / f64::from(u32::MAX);
+            let fx = self
+                .with_core(|core, db, now| core.delivered(db, now, batch.upto, &outcome, jitter));
+            let next = sockets::apply(&self.shared, fx);
+            pending.alarm = next.alarm;
+            pending.deliveries.extend(next.deliveries);
         }
     }
 
@@ -205,94 +231,17 @@ impl Room {
             "socket.close",
             &[("conn", &id.conn), ("code", &code.to_string())],
         );
-        if id.gone || self.load().await.is_err() {
+        if self.load().await.is_err() {
             return;
         }
-        let fx = self.with_core(|core| core.closed(now_ms(), &id.conn));
+        let fx = self.with_core(|core, _, now| {
+            if id.gone {
+                Vec::new() // commits what its departure queued, nothing more
+            } else {
+                core.closed(now, &id.conn)
+            }
+        });
         self.settle(fx).await;
-    }
-
-    async fn route(&self, mut req: Request) -> Result<Response> {
-        let url = req.url().map_err(internal)?;
-        let query = |name: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
-        let number = |name: &str| query(name).and_then(|v| v.parse::<u64>().ok());
-        match url.path() {
-            rpc::path::CONNECT => self.accept(&req).await,
-            rpc::path::PUBLISH => {
-                // Read text and parse with serde_json: `Request::json` goes through a JS
-                // value, which cannot carry the raw `data` payload.
-                let text = req.text().await.map_err(internal)?;
-                let body: rpc::PublishRequest = serde_json::from_str(&text)
-                    .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
-                let db = self.sql();
-                let out = self.with_core(|c| Some(c.publish(&db, now_ms(), &body)));
-                let (published, fx) = out.ok_or_else(|| Error::Internal("no core".into()))??;
-                self.settle(fx).await;
-                match published {
-                    Published::Durable(r) => json_response(200, &r),
-                    Published::Ephemeral(r) => json_response(200, &r),
-                }
-            }
-            rpc::path::INFO => {
-                let stats = self.stats.get();
-                let room = query("room").unwrap_or_default();
-                let info = self.with_core(|c| Some(c.info(room, stats)));
-                json_response(200, &info.ok_or_else(|| Error::Internal("no core".into()))?)
-            }
-            rpc::path::HISTORY => {
-                let since = number("since").unwrap_or(0);
-                let limit = number("limit").unwrap_or(u64::from(rpc::DEFAULT_HISTORY_PAGE));
-                let limit = u32::try_from(limit).unwrap_or(rpc::MAX_HISTORY_PAGE);
-                let db = self.sql();
-                let page = self.with_core(|c| Some(c.history(&db, since, limit)));
-                json_response(
-                    200,
-                    &page.ok_or_else(|| Error::Internal("no core".into()))??,
-                )
-            }
-            rpc::path::DISCONNECT => {
-                let text = req.text().await.map_err(internal)?;
-                let body: commands::disconnect::DisconnectRequest = serde_json::from_str(&text)
-                    .map_err(|e| Error::Internal(format!("bad disconnect request: {e}")))?;
-                let out = self.with_core(|c| Some(c.disconnect(now_ms(), &body)));
-                let (result, fx) = out.ok_or_else(|| Error::Internal("no core".into()))?;
-                self.settle(fx).await;
-                json_response(200, &result)
-            }
-            other => Err(Error::NotFound(other.to_string())),
-        }
-    }
-
-    async fn accept(&self, req: &Request) -> Result<Response> {
-        let header = req
-            .headers()
-            .get(rpc::SESSION_HEADER)
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::Internal("connect without session".into()))?;
-        let c: ConnectRequest = serde_json::from_str(&header)
-            .map_err(|e| Error::Internal(format!("bad session header: {e}")))?;
-        let pair = WebSocketPair::new().map_err(internal)?;
-        let (db, conn) = (self.sql(), random_id("c_"));
-        let server = pair.server.clone();
-        let fx = self
-            .with_core(|core| Some(core.connect(&db, now_ms(), server, conn, &c)))
-            .ok_or_else(|| Error::Internal("no core".into()))??;
-        // No tags: the core answers every lookup, and the attachment (the first effect)
-        // carries what survives hibernation.
-        self.state.accept_web_socket(&pair.server);
-        self.settle(fx).await;
-        let mut resp = Response::from_websocket(pair.client).map_err(internal)?;
-        if c.subprotocol {
-            resp.headers_mut()
-                .set("Sec-WebSocket-Protocol", crate::router::SUBPROTOCOL)
-                .map_err(internal)?;
-        }
-        Ok(resp)
     }
 }
 

@@ -163,6 +163,9 @@ pub struct Batch {
     quiet: Option<Vec<String>>,
     /// Whether any item is ephemeral (a slow socket may then be sent less).
     has_ephemeral: bool,
+    /// Frames in the shared messages: for sockets that opted out of presence, and for
+    /// those that receive it.
+    shared_frames: [usize; 2],
 }
 
 impl Batch {
@@ -195,12 +198,18 @@ impl Batch {
                 )
             });
         let has_ephemeral = items.iter().any(|i| i.ephemeral);
+        let all = items
+            .iter()
+            .filter(|i| matches!(i.to, To::All { .. }))
+            .count();
+        let watched = items.iter().filter(|i| !matches!(i.to, To::One(_))).count();
         Batch {
             items,
             named,
             shared,
             quiet,
             has_ephemeral,
+            shared_frames: [all, watched],
         }
     }
 
@@ -236,6 +245,19 @@ impl Batch {
             };
         }
         self.own(conn, since, watches, true)
+    }
+
+    /// How many frames `payload` (this batch's, for that socket) carries.
+    pub fn frames(&self, payload: &Payload, conn: &str, since: u64, watches: bool) -> usize {
+        match payload {
+            Payload::Shared => self.shared_frames[usize::from(watches)],
+            Payload::Nothing => 0,
+            Payload::Own(_) => self
+                .items
+                .iter()
+                .filter(|i| i.mark >= since && reaches(&i.to, conn, watches))
+                .count(),
+        }
     }
 
     /// [`Batch::payload`] without the ephemeral messages: what a socket that is behind

@@ -36,6 +36,12 @@ pub struct Identity {
     /// which is also what attachments written before the option existed mean.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub presence: bool,
+    /// Whether the socket's user is shown in presence through it (`join`/`leave`,
+    /// `welcome.presence`, room info). False only for a long-poll's short-lived relay
+    /// socket, which would otherwise make its user join and leave on every poll. Stored
+    /// like `presence`: only when false.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub listed: bool,
     /// Set once the room has said goodbye to this socket (closed it), so that a socket the
     /// runtime still lists while its close completes is not restored after a wake-up.
     #[serde(default)]
@@ -198,9 +204,25 @@ impl Flow {
         }
     }
 
-    /// Whether the socket already has more unread than its bound: it is not reading.
-    pub fn over(&self, limits: &Limits, now_ms: i64) -> bool {
-        self.pending(limits, now_ms) > self.bound(limits)
+    /// Whether the socket already has more unread than its bound beyond `baseline` — the
+    /// least any *other* socket that sends receipts has unread (0 when there is none). A
+    /// room that is itself behind (receipts wait in its queue behind the publishes it is
+    /// catching up on) sees every reader's unread grow together; measured against the
+    /// best of its peers, a reader is closed only when it falls behind them, not when the
+    /// room falls behind.
+    pub fn over(&self, limits: &Limits, now_ms: i64, baseline: u64) -> bool {
+        let baseline = if self.confirmed.is_some() {
+            baseline
+        } else {
+            0
+        };
+        self.pending(limits, now_ms) > self.bound(limits).saturating_add(baseline)
+    }
+
+    /// Unread bytes as confirmed by receipts, for clients that send them.
+    pub fn confirmed_pending(&self) -> Option<u64> {
+        self.confirmed
+            .map(|read| self.sent_bytes.saturating_sub(read))
     }
 
     /// Whether sending `bytes` more now keeps the socket within its bound.
@@ -229,6 +251,7 @@ mod tests {
             exp: 1000,
             info: None,
             presence: true,
+            listed: true,
             gone: false,
         };
         assert!(!s.expired(1000 + LEEWAY_SECS));

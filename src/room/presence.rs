@@ -5,7 +5,7 @@
 //! Kept beside the peers rather than recomputed from them, so that neither a connect nor
 //! a departure scans every socket (a ramp to N sockets would otherwise cost O(N²)).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::peer::Identity;
 
@@ -23,6 +23,9 @@ pub struct Member {
 #[derive(Debug, Default)]
 pub struct Presence {
     users: BTreeMap<String, Member>,
+    /// Sockets of users that are not listed through them (long-poll relays), which still
+    /// count against the per-user cap.
+    unlisted: HashMap<String, usize>,
     watchers: usize,
 }
 
@@ -41,6 +44,10 @@ impl Presence {
     /// Counts a socket in; says whether its user just joined.
     pub fn add(&mut self, id: &Identity) -> Change {
         self.watchers += usize::from(id.presence);
+        if !id.listed {
+            *self.unlisted.entry(id.user.clone()).or_default() += 1;
+            return Change::Same;
+        }
         match self.users.get_mut(&id.user) {
             Some(m) => {
                 m.sockets += 1;
@@ -62,6 +69,15 @@ impl Presence {
     /// Counts a socket out; says whether its user just left.
     pub fn remove(&mut self, id: &Identity) -> Change {
         self.watchers = self.watchers.saturating_sub(usize::from(id.presence));
+        if !id.listed {
+            if let Some(n) = self.unlisted.get_mut(&id.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.unlisted.remove(&id.user);
+                }
+            }
+            return Change::Same;
+        }
         let Some(m) = self.users.get_mut(&id.user) else {
             return Change::Same;
         };
@@ -77,6 +93,7 @@ impl Presence {
     /// Sockets `user` has open.
     pub fn sockets_of(&self, user: &str) -> usize {
         self.users.get(user).map_or(0, |m| m.sockets)
+            + self.unlisted.get(user).copied().unwrap_or(0)
     }
 
     /// Sockets that receive presence frames.

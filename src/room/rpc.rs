@@ -22,6 +22,10 @@ pub mod path {
     /// Server disconnect of a user's sockets or one connection
     /// ([`crate::room::commands::disconnect`]).
     pub const DISCONNECT: &str = "/disconnect";
+    /// Webhook status.
+    pub const WEBHOOKS: &str = "/webhooks";
+    /// Queue dead webhooks again.
+    pub const WEBHOOKS_RETRY: &str = "/webhooks/retry";
 }
 
 /// A verified socket, as the Worker hands it to the room.
@@ -45,9 +49,31 @@ pub struct ConnectRequest {
     pub epoch: Option<String>,
     /// Whether the socket receives presence `join`/`leave` frames (`presence=off` says no).
     pub presence: bool,
+    /// What the socket carries: a client's own WebSocket, or the Worker's relay for an SSE
+    /// stream or a long-poll (docs/protocol.md §13). Absent means a WebSocket, which is
+    /// what the Worker sent before relays existed.
+    #[serde(default)]
+    pub transport: Transport,
 }
 
-/// A publish from the server API.
+/// Who is at the other end of a room socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The client's own WebSocket.
+    #[default]
+    WebSocket,
+    /// The Worker relaying the socket's frames into a client's SSE stream. To the room it
+    /// is an ordinary socket (presence, limits, expiry, receipts): the relay sends the
+    /// receipts as it hands frames to the client's stream.
+    Sse,
+    /// The Worker holding a long-poll: it reads the welcome, the replay and at most the
+    /// first live durable message, then closes. Not counted in presence (a poller would
+    /// otherwise join and leave on every poll), but counted against the per-user cap.
+    Poll,
+}
+
+/// A publish from the server API, or from a client over HTTP (`client` is set).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PublishRequest {
     /// Room name (without tenant).
@@ -66,6 +92,25 @@ pub struct PublishRequest {
     /// Conflation key of an ephemeral message.
     #[serde(default)]
     pub key: Option<String>,
+    /// Set for `POST /v1/rooms/{room}/publish`: the user whose token (with `write`) the
+    /// Worker verified. The room rate-limits it per user and names it in `from`.
+    #[serde(default)]
+    pub client: Option<ClientPublish>,
+}
+
+/// The publisher of a client HTTP publish (docs/protocol.md §13).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientPublish {
+    /// The token's `sub`.
+    pub user: String,
+    /// The client's own open connection in this room (its SSE stream's `welcome.conn`),
+    /// if it named one. When it is open and the same user's, the message is from it and
+    /// skips it unless `echo`; otherwise the message is from `h_<user>`.
+    #[serde(default)]
+    pub conn: Option<String>,
+    /// Whether `conn` also receives the message.
+    #[serde(default)]
+    pub echo: bool,
 }
 
 /// The room's answer to an ephemeral publish; also the HTTP API's answer.
@@ -106,7 +151,7 @@ pub struct UserEntry {
 }
 
 /// The room's answer to an info request.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct RoomInfo {
     /// Room name.
     pub room: String,
@@ -120,6 +165,20 @@ pub struct RoomInfo {
     pub users: Vec<UserEntry>,
     /// The room's SQLite traffic since the object started.
     pub storage: StorageStats,
+    /// What happened in the room since the object started.
+    pub counters: super::counters::Counters,
+    /// The webhook outbox, when webhooks are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookBacklog>,
+}
+
+/// Webhook events waiting, in `GET /v1/rooms/{room}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookBacklog {
+    /// Not delivered yet.
+    pub pending: u64,
+    /// Dead (older than `WEBHOOK_MAX_AGE_SECS`).
+    pub dead: u64,
 }
 
 /// Rows the room's SQLite statements read and wrote (the runtime's `rowsRead` and

@@ -12,13 +12,18 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
 
 use wasm_bindgen::prelude::*;
 use worker::worker_sys::ext::WebSocketExt;
-use worker::{web_sys, WebSocket};
+use worker::{web_sys, Fetch, Headers, Method, Request, RequestInit, SqlStorage, WebSocket};
 
 use super::core::{Effect, Out, RoomCore};
 use super::peer::Identity;
+use super::sql::{DoSql, Stats};
+use super::webhooks::{Delivery, Outcome, TIMEOUT_MS};
 use crate::error::{Error, Result};
 use crate::runtime::{log_line, now_ms};
 
@@ -36,9 +41,37 @@ extern "C" {
     fn set_timeout(callback: &JsValue, ms: i32) -> Result<JsValue, JsValue>;
 }
 
-/// The core, shared with the flush timer's callback; `None` until the first event after
-/// the object was constructed (or woke up) loads it.
-pub type Shared = Rc<RefCell<Option<RoomCore<WebSocket>>>>;
+/// What the object shares with the flush timer's callback.
+pub struct Room {
+    /// The core; `None` until the first event after construction (or a wake-up) loads it.
+    pub core: RefCell<Option<RoomCore<WebSocket>>>,
+    /// The room's SQLite.
+    pub sql: SqlStorage,
+    /// Rows read and written.
+    pub stats: Stats,
+}
+
+impl Room {
+    /// The SQLite handle as the core's [`super::log::Sql`].
+    pub fn db(&self) -> DoSql<'_> {
+        DoSql {
+            sql: self.sql.clone(),
+            stats: &self.stats,
+        }
+    }
+}
+
+/// The shared part, behind an `Rc` so the timer callback can own a handle to it.
+pub type Shared = Rc<Room>;
+
+/// What applying effects left for an `await`: the alarm to store and webhooks to POST.
+#[derive(Default)]
+pub struct Pending {
+    /// The earliest alarm asked for.
+    pub alarm: Option<i64>,
+    /// Batches to deliver, in order.
+    pub deliveries: Vec<Delivery>,
+}
 
 /// The identity attached to a socket, if any.
 ///
@@ -67,10 +100,10 @@ fn send_js(ws: &WebSocket, frame: &JsValue) -> bool {
     raw.unchecked_ref::<SendOnly>().send_value(frame).is_ok()
 }
 
-/// Applies effects in order, except the alarm, which needs an `await`: the earliest
-/// alarm asked for is returned for the caller to store.
-pub fn apply(core: &Shared, effects: Vec<Effect<WebSocket>>) -> Option<i64> {
-    let mut alarm: Option<i64> = None;
+/// Applies effects in order, except those that need an `await` (storing the alarm,
+/// POSTing webhooks), which are returned for the caller.
+pub fn apply(core: &Shared, effects: Vec<Effect<WebSocket>>) -> Pending {
+    let mut pending = Pending::default();
     for effect in effects {
         match effect {
             // A failed send or close means the socket is going away; its close or error
@@ -88,8 +121,9 @@ pub fn apply(core: &Shared, effects: Vec<Effect<WebSocket>>) -> Option<i64> {
             }
             Effect::Flush { delay_ms } => schedule_flush(core, delay_ms),
             Effect::SetAlarm { at_ms } => {
-                alarm = Some(alarm.map_or(at_ms, |a| a.min(at_ms)));
+                pending.alarm = Some(pending.alarm.map_or(at_ms, |a| a.min(at_ms)));
             }
+            Effect::Deliver(batch) => pending.deliveries.push(batch),
             Effect::Log { event, fields } => {
                 let fields: Vec<(&str, &str)> =
                     fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -97,7 +131,7 @@ pub fn apply(core: &Shared, effects: Vec<Effect<WebSocket>>) -> Option<i64> {
             }
         }
     }
-    alarm
+    pending
 }
 
 fn schedule_flush(core: &Shared, delay_ms: i64) {
@@ -113,7 +147,7 @@ fn schedule_flush(core: &Shared, delay_ms: i64) {
 /// Runs the core's flush, converting each batch's shared messages to JS strings once.
 fn flush(core: &Shared) {
     let effects = {
-        let mut slot = core.borrow_mut();
+        let mut slot = core.core.borrow_mut();
         let Some(room) = slot.as_mut() else {
             return;
         };
@@ -143,4 +177,26 @@ fn flush(core: &Shared) {
     };
     // A flush never asks for an alarm (it only closes sockets and queues presence).
     let _ = apply(core, effects);
+}
+
+/// POSTs one webhook batch, giving up after [`TIMEOUT_MS`].
+pub async fn post(batch: &Delivery) -> Outcome {
+    let attempt = async {
+        let headers = Headers::new();
+        headers.set("Content-Type", "application/json")?;
+        headers.set("Roomcast-Signature", &batch.signature)?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from_str(&batch.body)));
+        let req = Request::new_with_init(&batch.url, &init)?;
+        let resp = Fetch::Request(req).send().await?;
+        Ok::<u16, worker::Error>(resp.status_code())
+    };
+    let timeout = worker::Delay::from(Duration::from_millis(TIMEOUT_MS));
+    match select(Box::pin(attempt), timeout).await {
+        Either::Left((Ok(status), _)) => Outcome::Status(status),
+        Either::Left((Err(e), _)) => Outcome::Failed(format!("network error: {e}")),
+        Either::Right(_) => Outcome::Failed(format!("no answer within {} ms", TIMEOUT_MS)),
+    }
 }

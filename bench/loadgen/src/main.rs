@@ -33,9 +33,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
+use cost::cost;
 use loadgen::{cpu_seconds, rss_kib, signature, unix_now, user_token};
 
+mod capacity;
+mod cost;
 mod slow;
+mod storm;
+mod transports;
+mod webhooks;
 
 type Ws = WebSocketStream<TcpStream>;
 type WsSink = SplitSink<Ws, Message>;
@@ -127,6 +133,16 @@ enum Cmd {
     },
     /// Scenario 7: one reader stops reading while others keep up (contract v1.1 §C).
     Slow(slow::SlowArgs),
+    /// Scenario 8: deploy storm — workerd restarts under N sockets with traffic flowing.
+    Storm(storm::StormArgs),
+    /// Scenario 2b: the highest offered fan-out rate a peer sustains (search).
+    Capacity(capacity::CapacityArgs),
+    /// Issue 12: fan-out 1 → N to Server-Sent Event streams (or WebSockets, to compare).
+    Sse(transports::SseArgs),
+    /// Issue 12: clients long-polling in a loop while messages flow.
+    Poll(transports::PollArgs),
+    /// Issue 13: webhook delivery to a receiver in this process (or webhooks off).
+    Webhooks(webhooks::WebhookArgs),
     /// Scenario 3: many rooms in parallel, one publisher per room.
     Rooms {
         #[arg(long, default_value_t = 100)]
@@ -421,6 +437,7 @@ impl Rig {
         }
         c.counts[phase] += 1;
         drop(c);
+        cost(|k| k.deliveries += 1);
         let mut phases = self.phases.borrow_mut();
         let Some(ph) = phases.get_mut(phase) else {
             return;
@@ -459,6 +476,9 @@ impl Rig {
             .record((now.saturating_sub(p.sent) / 1000).max(1));
         let id_ok = f.id.as_deref() == Some(bench_id(p.phase, p.stream, p.k).as_str());
         let dup = f.duplicate.unwrap_or(false);
+        if !dup {
+            cost(|k| k.messages += 1);
+        }
         let seq = f.seq.unwrap_or(0);
         let slot = ph.acked_seq.get_mut(p.stream).and_then(|s| s.get_mut(p.k));
         let mut bad = !id_ok || dup != p.dup;
@@ -509,6 +529,9 @@ struct Welcome {
     resume: Value,
     /// Text messages read on the socket up to and including the one carrying `welcome`.
     messages: u64,
+    /// The text message that carried `welcome` (an array may carry more frames after it,
+    /// such as replayed messages).
+    raw: String,
 }
 
 impl Welcome {
@@ -525,6 +548,7 @@ impl Welcome {
             receipts: frame["receipts"] == Value::Bool(true),
             resume: frame["resume"].clone(),
             messages,
+            raw: text.to_string(),
         })
     }
 }
@@ -576,6 +600,12 @@ async fn open_socket(
             tokio_tungstenite::tungstenite::Error::Http(resp) => format!("http {}", resp.status()),
             other => format!("handshake: {other}"),
         })?;
+    cost(|k| {
+        k.upgrades += 1;
+        if !k.rooms.contains(room) {
+            k.rooms.insert(room.to_string());
+        }
+    });
     let mut messages = 0u64;
     let (welcome, elapsed) = loop {
         let next = tokio::time::timeout(Duration::from_secs(30), ws.next())
@@ -792,6 +822,7 @@ async fn publish_open_loop(rig: &Rig, conn: &mut Conn, plan: &PubPlan) -> PubOut
             k: this_k,
             dup,
         });
+        cost(|k| k.ws_in += 1);
         if let Err(e) = conn.sink.send(Message::text(frame)).await {
             out.send_errors += 1;
             rig.problem(format!("send: {e}"));
@@ -972,6 +1003,8 @@ async fn scenario_ramp(rig: Rc<Rig>, n: usize, idle_secs: f64) -> Value {
         "rss_per_socket_connected_kib": (rss1 as f64 - rss0 as f64) / connected.max(1) as f64,
     });
     if idle_secs > 0.0 && connected >= 2 {
+        // An idle room is evicted (not billed) after about 10 s.
+        cost(|k| k.idle_secs += (idle_secs - 10.0).max(0.0));
         tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
         let rss2 = rig.rss();
         // Wake-up: one publish from the first socket; every other socket must get it.
@@ -1587,6 +1620,9 @@ async fn http_phase(
     data: Rc<String>,
 ) -> (usize, HttpOutcome, Duration) {
     let phase = rig.new_phase(1);
+    cost(|k| {
+        k.rooms.insert(room.to_string());
+    });
     let path = format!("/v1/rooms/{room}/messages");
     let addr = host_port(&rig.common.http_url);
     let next = Rc::new(Cell::new(0usize));
@@ -1634,8 +1670,11 @@ async fn http_phase(
                     }
                     s[k] = sent;
                 }
-                match conn.roundtrip(req.as_bytes()).await {
+                let answer = conn.roundtrip(req.as_bytes()).await;
+                cost(|k| k.http_requests += 1);
+                match answer {
                     Ok((200, resp)) if !resp.contains("\"duplicate\":true") => {
+                        cost(|k| k.messages += 1);
                         out.ok += 1;
                         let _ = out
                             .lat
@@ -1800,6 +1839,11 @@ fn main() {
                 .await
             }
             Cmd::Slow(args) => slow::scenario_slow(rig.clone(), args).await,
+            Cmd::Storm(args) => storm::scenario_storm(rig.clone(), args).await,
+            Cmd::Capacity(args) => capacity::scenario_capacity(rig.clone(), args).await,
+            Cmd::Sse(args) => transports::scenario_sse(rig.clone(), args).await,
+            Cmd::Poll(args) => transports::scenario_poll(rig.clone(), args).await,
+            Cmd::Webhooks(args) => webhooks::scenario_webhooks(rig.clone(), args).await,
             Cmd::Rooms {
                 rooms,
                 per_room,
@@ -1846,12 +1890,12 @@ fn main() {
                 .await
             }
         };
+        let wall = started.elapsed().as_secs_f64();
+        let cost = cost::cost_json(&rig, wall).await;
         let m = v.as_object_mut().expect("object");
         m.insert("problems".into(), json!(*rig.problems.borrow()));
-        m.insert(
-            "loadgen_secs".into(),
-            json!(started.elapsed().as_secs_f64()),
-        );
+        m.insert("loadgen_secs".into(), json!(wall));
+        m.insert("cost".into(), cost);
         v
     });
     println!("{out}");

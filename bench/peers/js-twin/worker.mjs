@@ -6,7 +6,10 @@
 // Subset: HS256 JWT on the upgrade (Authorization: Bearer or the roomcast.bearer.*
 // subprotocol), `welcome`, `publish` → `ack` + fan-out `message` with a gapless `seq`,
 // exactly-once by event id (SQLite `events` table), message bodies kept for replay
-// (`messages` table, pruned like the product), signed `POST /v1/rooms/{room}/messages`.
+// (`messages` table, pruned like the product), signed `POST /v1/rooms/{room}/messages`,
+// and signed `GET /v1/rooms/{room}` with the rows its SQLite statements read and wrote
+// (the runtime's `rowsRead`/`rowsWritten`, summed since the object started, as the
+// product reports them), for the bench's cost table.
 // Not in the subset: presence, resume, history, rate limits, token-expiry alarms, tenants.
 import { DurableObject } from "cloudflare:workers";
 
@@ -87,6 +90,12 @@ async function verifySignature(request, url, body, secret) {
 export default {
   async fetch(request, env) {
     const url = new URL(request.url);
+    const info = url.pathname.match(/^\/v1\/rooms\/([^/]+)$/);
+    if (info && request.method === "GET") {
+      if (!ROOM_RE.test(info[1])) return fail(400, "bad_room", "invalid room name");
+      if (!(await verifySignature(request, url, "", env.API_SECRET))) return fail(401, "unauthorized", "bad signature");
+      return json(200, { room: info[1], ...(await env.ROOMS.getByName(info[1]).info()) });
+    }
     const m = url.pathname.match(/^\/v1\/rooms\/([^/]+)\/(ws|messages)$/);
     if (!m) return fail(404, "not_found", "no such route");
     const [, room, what] = m;
@@ -134,16 +143,32 @@ export class Room extends DurableObject {
   constructor(ctx, env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
-    this.sql.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+    this.rowsRead = 0;
+    this.rowsWritten = 0;
+    this.q(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
       CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts INTEGER NOT NULL);
       CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
       CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, frame TEXT NOT NULL);`);
-    this.sql.exec("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?), ('last_seq', 0)", "e_" + crypto.randomUUID().slice(0, 16));
-    const meta = Object.fromEntries(this.sql.exec("SELECT key, value FROM meta").toArray().map((r) => [r.key, r.value]));
+    this.q("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?), ('last_seq', 0)", "e_" + crypto.randomUUID().slice(0, 16));
+    const meta = Object.fromEntries(this.q("SELECT key, value FROM meta").map((r) => [r.key, r.value]));
     this.epoch = meta.epoch;
     this.seq = Number(meta.last_seq);
     // Heartbeats are answered by the runtime without waking the room.
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair("ping", "pong"));
+  }
+
+  /** Runs one statement and counts the rows it read and wrote. */
+  q(query, ...bindings) {
+    const cursor = this.sql.exec(query, ...bindings);
+    const rows = cursor.toArray();
+    this.rowsRead += cursor.rowsRead;
+    this.rowsWritten += cursor.rowsWritten;
+    return rows;
+  }
+
+  /** RPC from the Worker: what `GET /v1/rooms/{room}` reports. */
+  info() {
+    return { epoch: this.epoch, last_seq: this.seq, connections: this.ctx.getWebSockets().length, storage: { rows_read: this.rowsRead, rows_written: this.rowsWritten } };
   }
 
   async fetch(request) {
@@ -164,18 +189,18 @@ export class Room extends DurableObject {
   }
 
   publish(id, event, data, from, skip) {
-    const seen = this.sql.exec("SELECT seq FROM events WHERE id = ?", id).toArray();
+    const seen = this.q("SELECT seq FROM events WHERE id = ?", id);
     if (seen.length) return { seq: seen[0].seq, duplicate: true, delivered: 0 };
     const seq = this.seq + 1;
     const ts = Date.now();
     const frame = JSON.stringify({ type: "message", seq, id, event, data, from, ts });
-    this.sql.exec("INSERT INTO events (id, seq, ts) VALUES (?, ?, ?)", id, seq, ts);
-    this.sql.exec("INSERT INTO messages (seq, frame) VALUES (?, ?)", seq, frame);
-    this.sql.exec("UPDATE meta SET value = ? WHERE key = 'last_seq'", seq);
+    this.q("INSERT INTO events (id, seq, ts) VALUES (?, ?, ?)", id, seq, ts);
+    this.q("INSERT INTO messages (seq, frame) VALUES (?, ?)", seq, frame);
+    this.q("UPDATE meta SET value = ? WHERE key = 'last_seq'", seq);
     this.seq = seq;
     if (seq % PRUNE_EVERY === 0) {
-      this.sql.exec("DELETE FROM messages WHERE seq <= ?", seq - HISTORY_LIMIT);
-      this.sql.exec("DELETE FROM events WHERE ts < ?", ts - DEDUP_WINDOW_MS);
+      this.q("DELETE FROM messages WHERE seq <= ?", seq - HISTORY_LIMIT);
+      this.q("DELETE FROM events WHERE ts < ?", ts - DEDUP_WINDOW_MS);
     }
     let delivered = 0;
     for (const ws of this.ctx.getWebSockets()) {
