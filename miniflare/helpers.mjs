@@ -21,14 +21,36 @@ export async function makeKeys() {
 }
 
 /** Starts the Worker in workerd. `bindings` override or add vars. */
-export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) {
+/**
+ * Starts the built Worker in Miniflare. `worker` adds options of the Worker itself (e.g.
+ * `wrappedBindings`), `workers` more Workers beside it (the Worker stays the entry).
+ */
+export async function start({ bindings = {}, jwks, shared = {}, persist, worker = {}, workers = [] } = {}) {
   // Structured log lines from the Worker and rooms, for tests that observe lifecycle.
   // They arrive in the order the runtime wrote them, on one stream.
   const logs = [];
   const logWaiters = new Set();
+  const main = {
+    modules: true,
+    scriptPath: "build/worker/shim.mjs",
+    modulesRules: [
+      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+      { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true },
+    ],
+    compatibilityDate: COMPATIBILITY_DATE,
+    durableObjects: { ROOMS: { className: "Room", useSQLite: true } },
+    bindings: {
+      JWT_SECRET,
+      API_SECRET,
+      ...(jwks ? { JWT_PUBLIC_KEYS: JSON.stringify(jwks) } : {}),
+      ...bindings,
+    },
+    ...worker,
+  };
   const mf = new Miniflare({
     ...shared,
     ...(persist ? { durableObjectsPersist: persist } : {}),
+    ...(workers.length ? { workers: [main, ...workers] } : main),
     handleRuntimeStdio(stdout, stderr) {
       for (const stream of [stdout, stderr]) {
         let buf = "";
@@ -50,20 +72,6 @@ export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) 
           }
         });
       }
-    },
-    modules: true,
-    scriptPath: "build/worker/shim.mjs",
-    modulesRules: [
-      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
-      { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true },
-    ],
-    compatibilityDate: COMPATIBILITY_DATE,
-    durableObjects: { ROOMS: { className: "Room", useSQLite: true } },
-    bindings: {
-      JWT_SECRET,
-      API_SECRET,
-      ...(jwks ? { JWT_PUBLIC_KEYS: JSON.stringify(jwks) } : {}),
-      ...bindings,
     },
   });
   const url = await mf.ready;

@@ -27,6 +27,20 @@ pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 20;
 /// comment line), under the 30 s idle timeout common in proxies and load balancers.
 pub const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 25;
 
+/// Default for `METRICS_INTERVAL_SECS`: one Analytics Engine data point per room per minute
+/// at most (docs/operating.md), enough for per-minute dashboards.
+pub const DEFAULT_METRICS_INTERVAL_SECS: u64 = 60;
+
+/// `METRICS_INTERVAL_SECS`, read by the Worker (which refuses every request while it is
+/// malformed) and by each room.
+///
+/// # Errors
+///
+/// `Misconfigured` when it is not a positive integer.
+pub fn metrics_interval_secs(get: &dyn Fn(&str) -> Option<String>) -> Result<u64> {
+    number(get, "METRICS_INTERVAL_SECS", DEFAULT_METRICS_INTERVAL_SECS)
+}
+
 /// Numeric limits; the room reads these too, so they are a separate, `Copy` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -239,6 +253,8 @@ pub struct Config {
     pub limits: Limits,
     /// Webhooks to the backend, when configured.
     pub webhooks: Option<Webhooks>,
+    /// Seconds between a room's Analytics Engine data points, when `METRICS` is bound.
+    pub metrics_interval_secs: u64,
 }
 
 impl Config {
@@ -274,6 +290,7 @@ impl Config {
             sse_keepalive_secs: number(get, "SSE_KEEPALIVE_SECS", DEFAULT_SSE_KEEPALIVE_SECS)?,
             limits: Limits::from_lookup(get)?,
             webhooks: Webhooks::from_lookup(get)?,
+            metrics_interval_secs: metrics_interval_secs(get)?,
         })
     }
 
@@ -336,6 +353,15 @@ mod tests {
         assert!(e.to_string().contains("HISTORY_LIMIT"));
         let e = Limits::from_lookup(&lookup(&[("MAX_MESSAGE_BYTES", "0")])).unwrap_err();
         assert!(e.to_string().contains("MAX_MESSAGE_BYTES"));
+        let e = Config::from_lookup(&lookup(&[
+            ("JWT_SECRET", "s"),
+            ("METRICS_INTERVAL_SECS", "1m"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code(), "misconfigured");
+        assert!(e.to_string().contains("METRICS_INTERVAL_SECS"));
+        let c = Config::from_lookup(&lookup(&[("JWT_SECRET", "s")])).unwrap();
+        assert_eq!(c.metrics_interval_secs, DEFAULT_METRICS_INTERVAL_SECS);
     }
 
     #[test]

@@ -927,6 +927,14 @@ impl<H: Clone> RoomCore<H> {
         fx
     }
 
+    /// Webhook events not yet delivered (0 when webhooks are off or storage fails).
+    pub fn webhooks_pending(&self, db: &dyn Sql) -> u64 {
+        self.hooks
+            .as_ref()
+            .and_then(|h| h.counts(db).ok())
+            .map_or(0, |(pending, _)| pending)
+    }
+
     /// `GET /v1/rooms/{room}`.
     pub fn info(&self, db: &dyn Sql, room: String, storage: StorageStats) -> RoomInfo {
         let webhooks = self

@@ -13,7 +13,7 @@
 //! * [`log`]: sequence, dedup and history in SQLite; [`codec`]: records → wire frames.
 //! * [`outbox`]: queues, coalescing, conflation; [`limits`]: buckets and strikes.
 //! * [`sockets`] and [`sql`]: the runtime side (sends, timers, attachments, storage).
-//! * [`webhooks`]: the outbox of events for the backend.
+//! * [`webhooks`]: the outbox of events for the backend; [`metrics`]: Analytics Engine.
 //! * [`rpc`]: the Worker ↔ room requests; `http`: the object's answers to them.
 
 pub mod codec;
@@ -25,6 +25,7 @@ pub mod counters;
 mod http;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod outbox;
 pub mod peer;
 pub mod presence;
@@ -34,6 +35,7 @@ pub mod sockets;
 pub mod sql;
 pub mod webhooks;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use worker::{
@@ -56,6 +58,13 @@ pub struct Room {
     /// then, so a room never sees traffic it would have to forward).
     hooks: Option<Webhooks>,
     shared: Shared,
+    /// The `METRICS` Analytics Engine dataset when bound, and its interval state
+    /// (started with the core).
+    metrics: Option<(
+        worker::AnalyticsEngineDataset,
+        RefCell<Option<metrics::Metrics>>,
+    )>,
+    metrics_interval_secs: u64,
 }
 
 impl DurableObject for Room {
@@ -65,6 +74,12 @@ impl DurableObject for Room {
         // ever sees valid values; falling back here just avoids a panic path.
         let limits = Limits::from_lookup(&get).unwrap_or_default();
         let hooks = Webhooks::from_lookup(&get).ok().flatten();
+        let metrics_interval_secs = crate::config::metrics_interval_secs(&get)
+            .unwrap_or(crate::config::DEFAULT_METRICS_INTERVAL_SECS);
+        let metrics = env
+            .analytics_engine("METRICS")
+            .ok()
+            .map(|dataset| (dataset, RefCell::new(None)));
         // One line per construction: a room starting again after its sockets were idle is
         // how eviction shows in `wrangler tail` (and how the tests observe it).
         let name = state.id().name().unwrap_or_default();
@@ -83,6 +98,8 @@ impl DurableObject for Room {
             limits,
             hooks,
             shared,
+            metrics,
+            metrics_interval_secs,
         }
     }
 
@@ -171,6 +188,9 @@ impl Room {
         let key = self.state.id().name().unwrap_or_default();
         let fx = core.start(&db, now, &key, self.hooks.clone())?;
         *self.shared.core.borrow_mut() = Some(core);
+        if let Some((_, state)) = &self.metrics {
+            *state.borrow_mut() = Some(metrics::Metrics::new(self.metrics_interval_secs, now));
+        }
         self.settle(fx).await;
         Ok(())
     }
@@ -189,7 +209,35 @@ impl Room {
         };
         let mut out = f(core, &db, now);
         out.extend(core.commit(&db, now));
+        self.report(core, &db, now);
         out
+    }
+
+    /// Writes an Analytics Engine data point when `METRICS` is bound and one is due
+    /// (`metrics::Metrics::due`: the interval passed, or the room just emptied).
+    fn report(&self, core: &RoomCore<WebSocket>, db: &sql::DoSql<'_>, now: i64) {
+        let Some((dataset, state)) = &self.metrics else {
+            return;
+        };
+        let mut state = state.borrow_mut();
+        let Some(m) = state.as_mut() else {
+            return;
+        };
+        if !m.due(now, core.connections()) {
+            return;
+        }
+        let snapshot = metrics::Snapshot {
+            counters: Some(&core.counters),
+            connections: core.connections(),
+            users: core.presence.users().len(),
+            storage: self.shared.stats.get(),
+            webhooks_pending: core.webhooks_pending(db),
+        };
+        let key = self.state.id().name().unwrap_or_default();
+        let point = m.take(now, &key, &snapshot);
+        if let Err(e) = metrics::MetricsSink::write(dataset, &point) {
+            log_line("metrics.write_failed", &[("detail", &e)]);
+        }
     }
 
     /// Applies effects, then does what needs an `await`: stores the alarm (every send was
