@@ -20,10 +20,13 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 process.chdir(root);
 const argv = process.argv.slice(2);
 // --phase K: profile the K-th phase the load generator runs (0 = the first; with a
-// warm-up, 1 is the first measured one). Default 1.
+// warm-up, 1 is the first measured one). Default 1. --query Q: append `?Q` to the socket
+// path (e.g. `presence=off`, what scripts/bench's ramp-quiet does).
 let profilePhase = 1;
-if (argv[0] === "--phase") {
-  profilePhase = Number(argv[1]);
+let query = "";
+while (argv[0] === "--phase" || argv[0] === "--query") {
+  if (argv[0] === "--phase") profilePhase = Number(argv[1]);
+  else query = argv[1];
   argv.splice(0, 2);
 }
 const [peer, scenario, ...rest] = argv;
@@ -76,7 +79,7 @@ const call = (method, params = {}) =>
 await call("Profiler.enable");
 await call("Profiler.setSamplingInterval", { interval: 100 });
 
-const path = peer === "partyserver" ? "/parties/chat/{room}" : "/v1/rooms/{room}/ws";
+const path = (peer === "partyserver" ? "/parties/chat/{room}" : "/v1/rooms/{room}/ws") + (query ? `?${query}` : "");
 const gen = spawn(
   "taskset",
   ["-c", "1", "target/bench/release/loadgen", "--ws-url", `ws://127.0.0.1:${port}`, "--ws-path", path, "--http-url", `http://127.0.0.1:${port}`, "--server-pid", String(ready.pid), "--prefix", "prof" + Date.now(), scenario, ...rest],
@@ -134,6 +137,27 @@ console.log("self time, share of non-idle:");
 for (const [name, us] of rows.slice(0, 30)) {
   if (name === "(idle)") continue;
   console.log(`  ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(1).padStart(7)} ms  ${name}`);
+}
+// Inclusive time: every function on a sample's stack is charged once for that sample.
+const parent = new Map();
+for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const inclusive = new Map();
+profile.samples.forEach((id, i) => {
+  const dt = profile.timeDeltas[i] ?? 0;
+  const seen = new Set();
+  for (let at = id; at !== undefined; at = parent.get(at)) {
+    const f = byId.get(at).callFrame;
+    const name = f.functionName || "(anonymous)";
+    if (name === "(idle)" || name === "(root)" || seen.has(name)) continue;
+    seen.add(name);
+    inclusive.set(name, (inclusive.get(name) ?? 0) + dt);
+  }
+});
+const top = Number(process.env.PROFILE_TOP ?? 45);
+console.log("inclusive time, share of non-idle:");
+for (const [name, us] of [...inclusive.entries()].sort((a, b) => b[1] - a[1]).slice(0, top)) {
+  const key = name.length > 110 ? name.slice(0, 107) + "..." : name;
+  console.log(`  ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(1).padStart(7)} ms  ${key}`);
 }
 console.log(`raw profile: ${file}`);
 process.exit(0);
