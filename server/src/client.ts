@@ -113,7 +113,7 @@ export class Roomcast {
   publish(room: string, message: Message, options?: PublishOptions): Promise<PublishResult>;
   /** Sends an ephemeral signal (never stored, no `seq`); resolves with how many sockets it was queued for. */
   publish(room: string, message: Signal, options?: PublishOptions): Promise<SignalResult>;
-  publish(room: string, message: Message | Signal, options: PublishOptions = {}): Promise<PublishResult | SignalResult> {
+  async publish(room: string, message: Message | Signal, options: PublishOptions = {}): Promise<PublishResult | SignalResult> {
     const body: Record<string, unknown> = { ...message };
     if (options.excludeConn !== undefined) body.exclude_conn = options.excludeConn;
     return this.#request("POST", `/v1/rooms/${roomSegment(room)}/messages`, {}, body);
@@ -124,18 +124,18 @@ export class Roomcast {
    * result per room, in order; a room that failed (an invalid name) has `error` instead
    * of `seq` — the call as a whole still succeeds.
    */
-  broadcast(rooms: readonly string[], message: Message): Promise<BroadcastResult> {
+  async broadcast(rooms: readonly string[], message: Message): Promise<BroadcastResult> {
     if (!Array.isArray(rooms)) throw new TypeError("rooms must be an array of room names");
     return this.#request("POST", "/v1/broadcast", {}, { ...message, rooms });
   }
 
   /** Stored messages after `since`, oldest first (`GET /v1/rooms/{room}/messages`). */
-  history(room: string, options: HistoryOptions = {}): Promise<HistoryPage> {
+  async history(room: string, options: HistoryOptions = {}): Promise<HistoryPage> {
     return this.#request("GET", `/v1/rooms/${roomSegment(room)}/messages`, { since: options.since, limit: options.limit });
   }
 
   /** The room's state: last seq, connections, users, storage rows, counters (`GET /v1/rooms/{room}`). */
-  room(room: string): Promise<RoomInfo> {
+  async room(room: string): Promise<RoomInfo> {
     return this.#request("GET", `/v1/rooms/${roomSegment(room)}`);
   }
 
@@ -145,17 +145,17 @@ export class Roomcast {
    * Resolves with how many sockets were closed (0 is not an error). Not a ban: stop
    * issuing the user tokens for the room to keep it out.
    */
-  disconnect(room: string, target: DisconnectTarget, options: DisconnectOptions = {}): Promise<DisconnectResult> {
+  async disconnect(room: string, target: DisconnectTarget, options: DisconnectOptions = {}): Promise<DisconnectResult> {
     return this.#request("POST", `/v1/rooms/${roomSegment(room)}/disconnect`, {}, { ...target, ...options });
   }
 
   /** The room's webhook outbox: pending and dead events, the next attempt, the last error. */
-  webhooks(room: string): Promise<WebhookStatus> {
+  async webhooks(room: string): Promise<WebhookStatus> {
     return this.#request("GET", `/v1/rooms/${roomSegment(room)}/webhooks`);
   }
 
   /** Queues the room's dead webhook events again and attempts delivery at once. */
-  retryWebhooks(room: string): Promise<WebhookRetryResult> {
+  async retryWebhooks(room: string): Promise<WebhookRetryResult> {
     return this.#request("POST", `/v1/rooms/${roomSegment(room)}/webhooks/retry`);
   }
 
