@@ -114,6 +114,21 @@ test("a receiver that answers 500 three times gets the batch on the fourth attem
   assert.deepEqual([s.pending, s.attempts, s.last_error], [0, 0, null]);
 });
 
+test("the backoff goes on across the room's eviction instead of starting again at 1 s", async () => {
+  const hook = await receiver(() => 503);
+  const env = await worker(hook);
+  const room = uid();
+  const starts = () => env.logs.filter((l) => l.event === "room.start" && l.room_key?.endsWith(room)).length;
+  await publish(env, room, "m");
+  // Waits of 1, 2, 4 and 8 s keep the room awake; the fifth, 16 s, outlasts the ~10 s idle
+  // after which workerd evicts it, so the alarm for attempt 6 wakes a fresh object.
+  await until(() => hook.requests >= 6 && starts() >= 2, "attempt 6, after an eviction", 90_000);
+  const s = await status(env, room);
+  assert.ok(s.attempts >= 6, `the count survived the eviction: ${JSON.stringify(s)}`);
+  assert.equal(s.last_error, "HTTP 503");
+  assert.ok(s.next_attempt_ms - Date.now() > 10_000, `the next wait is a long step: ${JSON.stringify(s)}`);
+});
+
 test("a receiver down while 200 messages are published gets all 200 in order once it is back", async () => {
   const hook = await receiver();
   const port = hook.port;

@@ -226,9 +226,12 @@ impl<H: Clone> RoomCore<H> {
         if let Some(config) = hooks {
             let outbox = webhooks::Outbox::open(db, config)?;
             let pending = outbox.counts(db)?.0;
+            // A backoff stored before the restart goes on where it was (the alarm that
+            // woke the room is usually its own retry, due now).
+            let at = outbox.resume_at(now);
             self.hooks = Some(outbox);
             if pending > 0 {
-                self.want(&mut fx, Reason::Webhook, now);
+                self.want(&mut fx, Reason::Webhook, at);
             }
         }
         if let Some(exp) = self.peers.iter().map(|p| p.id.exp).min() {
@@ -574,7 +577,13 @@ impl<H: Clone> RoomCore<H> {
             Outcome::Status(s) => format!("HTTP {s}"),
             Outcome::Failed(e) => e.clone(),
         };
-        let delay = hooks.failed(why.clone(), jitter);
+        let (delay, stored) = hooks.failed(db, now, why.clone(), jitter);
+        if let Err(e) = stored {
+            fx.push(log_line(
+                "webhook.state_failed",
+                &[("detail", e.to_string())],
+            ));
+        }
         let attempts = hooks.attempts;
         match hooks.expire(db, now) {
             Ok(0) => {}
@@ -664,7 +673,12 @@ impl<H: Clone> RoomCore<H> {
             Ok(None) => {
                 // Nothing left to send (all delivered, or the rest dead): the next event
                 // starts a delivery at once instead of waiting out a backoff.
-                hooks.attempts = 0;
+                if let Err(e) = hooks.reset(db) {
+                    fx.push(log_line(
+                        "webhook.state_failed",
+                        &[("detail", e.to_string())],
+                    ));
+                }
                 self.schedule.cancel(Reason::Webhook);
             }
             Err(e) => {

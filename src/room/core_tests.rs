@@ -1282,6 +1282,69 @@ fn a_restarted_room_delivers_what_it_had_stored() {
     assert!(batch.is_some_and(|b| b.body.contains(r#""id":"before""#)));
 }
 
+#[test]
+fn a_room_woken_for_a_retry_keeps_backing_off_where_it_was() {
+    let mut r = with_hooks("message", 100);
+    let a = r.connect("alice");
+    r.publish(a, "m");
+    // Four failures in a row: the fifth wait is 16 s (full jitter here).
+    for _ in 0..4 {
+        let (upto, _) = fire(&mut r).unwrap_or_else(|| panic!("a batch"));
+        answer(&mut r, upto, Outcome::Status(503), 1.0);
+        let next = r
+            .core
+            .webhook_status(&r.db)
+            .ok()
+            .and_then(|s| s.next_attempt_ms);
+        r.now = next.unwrap_or_else(|| panic!("a retry"));
+    }
+    let (upto, _) = fire(&mut r).unwrap_or_else(|| panic!("a batch"));
+    answer(&mut r, upto, Outcome::Status(503), 1.0);
+    let due = r.now + 16_000;
+    // Evicted while it waits (~10 s idle): a new core over the same storage, as when the
+    // alarm wakes it, goes on with the fifth wait instead of starting over at 1 s.
+    let restart = |db: &Lite, now: i64| {
+        let mut core: RoomCore<u32> =
+            RoomCore::load(db, limits(), now, &|| "x".into(), Vec::new(), Some(due))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let fx = core
+            .start(db, now, "acme/lobby", Some(hooks("message", 100)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (core, fx)
+    };
+    let (core, fx) = restart(&r.db, r.now + 10_000);
+    assert!(
+        !fx.iter().any(|f| matches!(f, Effect::SetAlarm { .. })),
+        "the stored alarm is the retry: {fx:?}"
+    );
+    let status = core.webhook_status(&r.db).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (
+            status.attempts,
+            status.next_attempt_ms,
+            status.last_error.as_deref()
+        ),
+        (5, Some(due), Some("HTTP 503"))
+    );
+    // Woken by that alarm: it delivers, and a success forgets the stored state.
+    let (mut core, _) = restart(&r.db, due);
+    let fx = core.alarm(&r.db, due);
+    let batch = fx
+        .iter()
+        .find_map(|f| match f {
+            Effect::Deliver(b) => Some(b.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the retry at {due}: {fx:?}"));
+    core.delivered(&r.db, due, batch.upto, &Outcome::Status(200), 0.0);
+    let (core, _) = restart(&r.db, due + 1);
+    let status = core.webhook_status(&r.db).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (status.attempts, status.last_error, status.pending),
+        (0, None, 0)
+    );
+}
+
 // ---- what an operator sees ----------------------------------------------------------------
 
 #[test]

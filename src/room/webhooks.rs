@@ -114,9 +114,12 @@ pub struct Status {
     pub attempts: u32,
 }
 
-/// The outbox as the room keeps it in memory. The attempt count and last error are memory
-/// only: after a restart the room retries at once, which a receiver that is back welcomes
-/// and one that is still down answers with another failure; no event is lost either way.
+/// The outbox as the room keeps it in memory. The retry state — failed attempts in a row,
+/// when the next is due, the last error — is also stored in `meta` on each failure (three
+/// rows) and cleared on the next success: a room is evicted ~10 s after its last event, so
+/// with the count in memory only, every wake-up for a retry would start the backoff again
+/// at 1 s and a room facing a receiver that is down would wake every few seconds for the
+/// whole outage instead of every 5 minutes.
 #[derive(Debug)]
 pub struct Outbox {
     /// The configuration.
@@ -129,7 +132,12 @@ pub struct Outbox {
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// When the retry after the last failure is due (ms), while `attempts > 0`.
+    pub retry_at: Option<i64>,
 }
+
+/// The `meta` keys of the stored retry state.
+const RETRY_KEYS: [&str; 3] = ["webhook_attempts", "webhook_retry_at", "webhook_error"];
 
 fn int(cell: Option<&Cell>) -> i64 {
     match cell {
@@ -151,13 +159,45 @@ impl Outbox {
         )?;
         let rows = sql.run("SELECT value FROM meta WHERE key = 'webhook_n'", &[])?;
         let last_n = u64::try_from(int(rows.first().and_then(|r| r.first()))).unwrap_or(0);
-        Ok(Outbox {
+        let mut outbox = Outbox {
             config,
             last_n,
             in_flight: None,
             attempts: 0,
             last_error: None,
-        })
+            retry_at: None,
+        };
+        let rows = sql.run(
+            "SELECT key, value FROM meta WHERE key IN ('webhook_attempts', 'webhook_retry_at', 'webhook_error')",
+            &[],
+        )?;
+        for row in rows {
+            match (row.first(), row.get(1)) {
+                (Some(Cell::Text(k)), v) if k == "webhook_attempts" => {
+                    outbox.attempts = u32::try_from(int(v)).unwrap_or(0);
+                }
+                (Some(Cell::Text(k)), v) if k == "webhook_retry_at" => {
+                    outbox.retry_at = Some(int(v));
+                }
+                (Some(Cell::Text(k)), Some(Cell::Text(e))) if k == "webhook_error" => {
+                    outbox.last_error = Some(e.clone());
+                }
+                _ => {}
+            }
+        }
+        if outbox.attempts == 0 {
+            outbox.retry_at = None;
+        }
+        Ok(outbox)
+    }
+
+    /// When delivery should next be attempted after a (re)start: at once, unless a backoff
+    /// stored before the restart is still running.
+    pub fn resume_at(&self, now: i64) -> i64 {
+        match self.retry_at {
+            Some(at) if self.attempts > 0 => at.max(now),
+            _ => now,
+        }
     }
 
     /// Records one event. `event` is the event's JSON object without its `wid`, which is
@@ -259,8 +299,7 @@ impl Outbox {
     /// `Internal` when storage fails.
     pub fn delivered(&mut self, sql: &dyn Sql, upto: u64) -> Result<()> {
         self.in_flight = None;
-        self.attempts = 0;
-        self.last_error = None;
+        self.reset(sql)?;
         sql.write(
             "DELETE FROM webhooks WHERE n <= ? AND dead = 0",
             &[Arg::Int(upto as i64)],
@@ -268,12 +307,56 @@ impl Outbox {
         Ok(())
     }
 
-    /// The attempt failed with `why`; returns the delay before the next one.
-    pub fn failed(&mut self, why: String, jitter: f64) -> i64 {
+    /// The attempt at `now` failed with `why`; returns the delay before the next one, and
+    /// stores the retry state so that a wake-up continues the backoff.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storing the state fails (the delay is still right for this run).
+    pub fn failed(
+        &mut self,
+        sql: &dyn Sql,
+        now: i64,
+        why: String,
+        jitter: f64,
+    ) -> (i64, Result<()>) {
         self.in_flight = None;
         self.attempts = self.attempts.saturating_add(1);
+        let delay = backoff_ms(self.attempts, jitter);
+        self.retry_at = Some(now + delay);
+        let stored = sql.write(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('webhook_attempts', ?), ('webhook_retry_at', ?), ('webhook_error', ?)",
+            &[
+                Arg::Int(i64::from(self.attempts)),
+                Arg::Int(now + delay),
+                Arg::Text(&why),
+            ],
+        );
         self.last_error = Some(why);
-        backoff_ms(self.attempts, jitter)
+        (delay, stored.map(|_| ()))
+    }
+
+    /// Forgets the retry state (a success, a requeue, nothing left to send). Writes only
+    /// when there was one, so a healthy outbox costs no extra rows.
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub fn reset(&mut self, sql: &dyn Sql) -> Result<()> {
+        let had = self.attempts > 0 || self.retry_at.is_some() || self.last_error.is_some();
+        self.attempts = 0;
+        self.retry_at = None;
+        self.last_error = None;
+        if had {
+            sql.write(
+                &format!(
+                    "DELETE FROM meta WHERE key IN ('{}', '{}', '{}')",
+                    RETRY_KEYS[0], RETRY_KEYS[1], RETRY_KEYS[2]
+                ),
+                &[],
+            )?;
+        }
+        Ok(())
     }
 
     /// Dead events become pending again, as if just queued; returns how many.
@@ -287,7 +370,7 @@ impl Outbox {
             "UPDATE webhooks SET dead = 0, queued = ? WHERE dead = 1",
             &[Arg::Int(now)],
         )?;
-        self.attempts = 0;
+        self.reset(sql)?;
         Ok(dead)
     }
 
@@ -384,8 +467,8 @@ mod tests {
         );
         assert_eq!(verified, Ok(()));
         // A failure keeps the batch; the retry sends the same events.
-        let delay = o.failed("HTTP 500".into(), 0.0);
-        assert_eq!(delay, 500);
+        let (delay, stored) = o.failed(&db, 5500, "HTTP 500".into(), 0.0);
+        assert_eq!((delay, stored), (500, Ok(())));
         let again = o
             .next_batch(&db, ("lobby", None, "e_1"), 6000)
             .unwrap()
