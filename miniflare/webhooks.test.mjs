@@ -71,6 +71,15 @@ async function worker(hook, bindings = {}, opts = {}) {
 
 const publish = (env, room, id, event = "chat", extra = {}) =>
   signedFetch(env.base, "POST", `/v1/rooms/${room}/messages`, JSON.stringify({ id, event, data: { id }, ...extra }));
+/** Prints what the receiver saw (node --test shows it as a diagnostic line of the test). */
+function report(t, hook, published) {
+  const events = hook.events();
+  const unique = new Set(events.map((e) => e.wid)).size;
+  t.diagnostic(
+    `published ${published}, requests ${hook.requests}, events received ${events.length}, unique wids ${unique}, duplicates ${events.length - unique}, bad-signature refusals ${hook.rejected}`,
+  );
+}
+
 const status = async (env, room) => (await signedFetch(env.base, "GET", `/v1/rooms/${room}/webhooks`)).json();
 
 test("messages, presence and room events reach the backend signed, in wid order, filtered", async () => {
@@ -101,7 +110,7 @@ test("messages, presence and room events reach the backend signed, in wid order,
   assert.deepEqual([s.enabled, s.pending, s.dead], [true, 0, 0]);
 });
 
-test("a receiver that answers 500 three times gets the batch on the fourth attempt", async () => {
+test("a receiver that answers 500 three times gets the batch on the fourth attempt", async (t) => {
   let failures = 0;
   const hook = await receiver(() => (failures++ < 3 ? 500 : 200));
   const env = await worker(hook);
@@ -112,9 +121,10 @@ test("a receiver that answers 500 three times gets the batch on the fourth attem
   assert.deepEqual(hook.events().map((e) => e.id), ["a", "b", "c"]);
   const s = await status(env, room);
   assert.deepEqual([s.pending, s.attempts, s.last_error], [0, 0, null]);
+  report(t, hook, 3);
 });
 
-test("the backoff goes on across the room's eviction instead of starting again at 1 s", async () => {
+test("the backoff goes on across the room's eviction instead of starting again at 1 s", async (t) => {
   const hook = await receiver(() => 503);
   const env = await worker(hook);
   const room = uid();
@@ -127,9 +137,10 @@ test("the backoff goes on across the room's eviction instead of starting again a
   assert.ok(s.attempts >= 6, `the count survived the eviction: ${JSON.stringify(s)}`);
   assert.equal(s.last_error, "HTTP 503");
   assert.ok(s.next_attempt_ms - Date.now() > 10_000, `the next wait is a long step: ${JSON.stringify(s)}`);
+  report(t, hook, 1);
 });
 
-test("a receiver down while 200 messages are published gets all 200 in order once it is back", async () => {
+test("a receiver down while 200 messages are published gets all 200 in order once it is back", async (t) => {
   const hook = await receiver();
   const port = hook.port;
   const env = await worker(hook, { WEBHOOK_MAX_BATCH: "50" });
@@ -149,9 +160,10 @@ test("a receiver down while 200 messages are published gets all 200 in order onc
   const n = unique.map((e) => Number(e.wid.split(":")[1]));
   assert.deepEqual(n, n.map((_, i) => n[0] + i), "gapless");
   assert.equal((await status(env, room)).pending, 0);
+  report(t, back, 201);
 });
 
-test("events pending when workerd restarts are delivered after the restart", async () => {
+test("events pending when workerd restarts are delivered after the restart", async (t) => {
   const persist = mkdtempSync(join(tmpdir(), "roomcast-hooks-"));
   cleanups.push(() => rmSync(persist, { recursive: true, force: true }));
   const hook = await receiver(() => 503);
@@ -167,9 +179,10 @@ test("events pending when workerd restarts are delivered after the restart", asy
   // No request touches the room: its stored alarm wakes it after the restart.
   await until(() => hook.events().length >= 2, "delivery after the restart", 60_000);
   assert.deepEqual(hook.events().map((e) => e.id), ["x1", "x2"]);
+  report(t, hook, 2);
 });
 
-test("a receiver that never answers times out after 10 s and the batch is retried", async () => {
+test("a receiver that never answers times out after 10 s and the batch is retried", async (t) => {
   let hung = false;
   const hook = await receiver(() => {
     if (!hung) {
@@ -184,9 +197,10 @@ test("a receiver that never answers times out after 10 s and the batch is retrie
   await until(async () => /no answer within 10000 ms/.test((await status(env, room)).last_error ?? ""), "the timeout", 30_000);
   await until(() => hook.events().length >= 1, "the retry", 30_000);
   assert.deepEqual(hook.events().map((e) => e.id), ["slow-1"]);
+  report(t, hook, 1);
 });
 
-test("events older than WEBHOOK_MAX_AGE_SECS become dead; the retry route queues them again", async () => {
+test("events older than WEBHOOK_MAX_AGE_SECS become dead; the retry route queues them again", async (t) => {
   let accept = false;
   const hook = await receiver(() => (accept ? 200 : 500));
   const env = await worker(hook, { WEBHOOK_MAX_AGE_SECS: "2" });
@@ -201,9 +215,10 @@ test("events older than WEBHOOK_MAX_AGE_SECS become dead; the retry route queues
   await until(() => hook.events().length >= 1, "delivery after the retry route");
   assert.equal(hook.events()[0].id, "d1");
   assert.deepEqual([(await status(env, room)).dead, (await status(env, room)).pending], [0, 0]);
+  report(t, hook, 1);
 });
 
-test("a receiver rejects a bad signature, and the events wait for a good one", async () => {
+test("a receiver rejects a bad signature, and the events wait for a good one", async (t) => {
   const hook = await receiver(() => 200, { secret: "another-secret" });
   const env = await worker(hook);
   const room = uid();
@@ -212,6 +227,7 @@ test("a receiver rejects a bad signature, and the events wait for a good one", a
   await until(async () => (await status(env, room)).last_error === "HTTP 401", "the room records the refusal");
   assert.equal(hook.events().length, 0);
   assert.equal((await status(env, room)).pending, 1, "nothing lost");
+  report(t, hook, 1);
 });
 
 test("webhook configuration is validated: a URL without a secret is misconfigured", async () => {
