@@ -136,7 +136,6 @@ test("the backoff goes on across the room's eviction instead of starting again a
   const s = await status(env, room);
   assert.ok(s.attempts >= 6, `the count survived the eviction: ${JSON.stringify(s)}`);
   assert.equal(s.last_error, "HTTP 503");
-  assert.ok(s.next_attempt_ms - Date.now() > 10_000, `the next wait is a long step: ${JSON.stringify(s)}`);
   report(t, hook, 1);
 });
 
@@ -179,6 +178,9 @@ test("events pending when workerd restarts are delivered after the restart", asy
   // No request touches the room: its stored alarm wakes it after the restart.
   await until(() => hook.events().length >= 2, "delivery after the restart", 60_000);
   assert.deepEqual(hook.events().map((e) => e.id), ["x1", "x2"]);
+  // Woken by its alarm alone, the object is not told its name by the runtime: the body
+  // still names the room.
+  for (const b of hook.batches) assert.deepEqual([b.room, b.tenant], [room, null]);
   report(t, hook, 2);
 });
 

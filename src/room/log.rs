@@ -174,6 +174,40 @@ pub struct Retention {
     pub dedup_window_ms: i64,
 }
 
+/// The object's name (`tenant/room`), kept in `meta` because the runtime does not tell an
+/// object woken by its alarm alone which name it was created under (`state.id().name()` is
+/// empty then), and webhook bodies, metrics and log lines need the room. `given` is what
+/// the runtime said: stored once when known, read back when not.
+pub fn object_name(sql: &dyn Sql, given: Option<String>) -> Option<String> {
+    match given.filter(|n| !n.is_empty()) {
+        Some(name) => Some(name),
+        None => {
+            let rows = sql
+                .run("SELECT value FROM meta WHERE key = 'object_name'", &[])
+                .ok()?;
+            match rows.into_iter().next()?.into_iter().next()? {
+                Cell::Text(name) => Some(name),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Stores the object's name for [`object_name`] (once: later calls write nothing).
+///
+/// # Errors
+///
+/// `Internal` when storage fails.
+pub fn remember_name(sql: &dyn Sql, name: &str) -> Result<()> {
+    if !name.is_empty() {
+        sql.write(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('object_name', ?)",
+            &[Arg::Text(name)],
+        )?;
+    }
+    Ok(())
+}
+
 /// Creates the schema if needed, migrates older versions in place, and loads the head,
 /// creating the epoch once.
 ///
@@ -546,6 +580,25 @@ pub(crate) mod tests {
 
     fn seqs(records: &[Record]) -> Vec<u64> {
         records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn the_object_name_is_kept_for_wake_ups_that_do_not_carry_it() {
+        let db = lite();
+        assert_eq!(object_name(&db, None), None, "no table yet: nothing known");
+        open(&db, &|| "e".into()).unwrap();
+        assert_eq!(object_name(&db, Some(String::new())), None);
+        remember_name(&db, "acme/lobby").unwrap();
+        remember_name(&db, "acme/other").unwrap(); // once: the first name stays
+        assert_eq!(object_name(&db, None).as_deref(), Some("acme/lobby"));
+        assert_eq!(
+            object_name(&db, Some(String::new())).as_deref(),
+            Some("acme/lobby")
+        );
+        assert_eq!(
+            object_name(&db, Some("acme/lobby".into())).as_deref(),
+            Some("acme/lobby")
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Room {
         RefCell<Option<metrics::Metrics>>,
     )>,
     metrics_interval_secs: u64,
+    /// The object's name, `tenant/room` ([`log::object_name`]).
+    name: String,
 }
 
 impl DurableObject for Room {
@@ -82,7 +84,14 @@ impl DurableObject for Room {
             .map(|dataset| (dataset, RefCell::new(None)));
         // One line per construction: a room starting again after its sockets were idle is
         // how eviction shows in `wrangler tail` (and how the tests observe it).
-        let name = state.id().name().unwrap_or_default();
+        let name = {
+            let stats = sql::Stats::default();
+            let db = sql::DoSql {
+                sql: state.storage().sql(),
+                stats: &stats,
+            };
+            log::object_name(&db, state.id().name()).unwrap_or_default()
+        };
         log_line("room.start", &[("room_key", &name)]);
         // Answer heartbeats in the runtime without waking the room (contract §5).
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
@@ -100,6 +109,7 @@ impl DurableObject for Room {
             shared,
             metrics,
             metrics_interval_secs,
+            name,
         }
     }
 
@@ -185,8 +195,8 @@ impl Room {
             .filter_map(|ws| sockets::identity(&ws).map(|id| (ws, id)));
         let (db, now) = (self.shared.db(), now_ms());
         let mut core = RoomCore::load(&db, self.limits, now, &|| random_id("e_"), sockets, alarm)?;
-        let key = self.state.id().name().unwrap_or_default();
-        let fx = core.start(&db, now, &key, self.hooks.clone())?;
+        log::remember_name(&db, &self.name)?;
+        let fx = core.start(&db, now, &self.name, self.hooks.clone())?;
         *self.shared.core.borrow_mut() = Some(core);
         if let Some((_, state)) = &self.metrics {
             *state.borrow_mut() = Some(metrics::Metrics::new(self.metrics_interval_secs, now));
@@ -233,8 +243,7 @@ impl Room {
             storage: self.shared.stats.get(),
             webhooks_pending: core.webhooks_pending(db),
         };
-        let key = self.state.id().name().unwrap_or_default();
-        let point = m.take(now, &key, &snapshot);
+        let point = m.take(now, &self.name, &snapshot);
         if let Err(e) = metrics::MetricsSink::write(dataset, &point) {
             log_line("metrics.write_failed", &[("detail", &e)]);
         }
