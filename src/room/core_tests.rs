@@ -115,7 +115,7 @@ impl Fixture {
             match effect {
                 Effect::Send { to, text } => self.record(to, &text),
                 Effect::Close { to, code, .. } => self.closed.push((to, code)),
-                Effect::Attach { .. } | Effect::Log { .. } => {}
+                Effect::Attach { .. } | Effect::Log { .. } | Effect::Pump => {}
                 Effect::Flush { .. } => flush = true,
                 Effect::SetAlarm { at_ms } => self.alarms.push(at_ms),
                 Effect::Deliver(batch) => self.deliveries.push(batch),
@@ -191,6 +191,7 @@ impl Fixture {
             ephemeral,
             key: None,
             client: None,
+            from: None,
         };
         let (published, fx) = self
             .core
@@ -1408,6 +1409,7 @@ impl Fixture {
                 conn,
                 echo,
             }),
+            from: None,
         };
         let (published, fx) = self.core.publish(&self.db, self.now, &req)?;
         self.apply(fx);

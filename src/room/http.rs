@@ -1,13 +1,19 @@
 //! The room's internal HTTP routes (what the Worker asks a room, `rpc`): each one
 //! translated into a call on the core, its effects applied like any event's.
 
-use worker::{Request, Response, WebSocketPair};
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
+use worker::{Method, Request, Response, WebSocketPair};
 
 use super::commands::disconnect::DisconnectRequest;
 use super::core::Published;
-use super::{internal, rpc, Room};
+use super::fanout::Link;
+use super::rpc::{RoomInfo, UserEntry};
+use super::shard::{Down, DownAnswer, Up};
+use super::{internal, rpc, Part, Room};
 use crate::error::{Error, Result};
-use crate::runtime::{json_response, random_id};
+use crate::runtime::{json_response, log_line, now_ms, random_id};
 use rpc::ConnectRequest;
 
 impl Room {
@@ -28,6 +34,21 @@ impl Room {
                 let text = req.text().await.map_err(internal)?;
                 let body: rpc::PublishRequest = serde_json::from_str(&text)
                     .map_err(|e| Error::Internal(format!("bad publish request: {e}")))?;
+                if let (Part::Shard(_), Some(link)) = (self.part, &self.link) {
+                    // A client HTTP publish reaches the user's shard, which admits it and
+                    // hands it to the sequencer with the publisher resolved.
+                    let forward = {
+                        let mut slot = self.shared.core.borrow_mut();
+                        slot.as_mut()
+                            .ok_or_else(no_core)?
+                            .prepare_publish(now_ms(), &body)?
+                    };
+                    let json = serde_json::to_string(&forward)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    return link
+                        .send(&link.room_key, rpc::path::PUBLISH, Method::Post, Some(json))
+                        .await;
+                }
                 let mut answer = None;
                 let fx = self.with_core(|c, db, now| match c.publish(db, now, &body) {
                     Ok((published, fx)) => {
@@ -48,12 +69,45 @@ impl Room {
             rpc::path::INFO => {
                 let stats = self.shared.stats.get();
                 let room = query("room").unwrap_or_default();
-                let core = self.shared.core.borrow();
-                let info = core
-                    .as_ref()
-                    .ok_or_else(no_core)?
-                    .info(&self.shared.db(), room, stats);
+                let mut info = {
+                    let core = self.shared.core.borrow();
+                    core.as_ref()
+                        .ok_or_else(no_core)?
+                        .info(&self.shared.db(), room.clone(), stats)
+                };
+                if let (Part::Sequencer(n), Some(link)) = (self.part, &self.link) {
+                    self.merge_shard_info(link, n, &room, &mut info).await;
+                }
                 json_response(200, &info)
+            }
+            rpc::path::SHARD_UP => {
+                let text = req.text().await.map_err(internal)?;
+                let up: Up = serde_json::from_str(&text)
+                    .map_err(|e| Error::Internal(format!("bad up batch: {e}")))?;
+                let mut results = None;
+                let fx = self.with_core(|c, db, now| {
+                    let (r, fx) = c.up(db, now, up);
+                    results = Some(r);
+                    fx
+                });
+                self.settle(fx).await;
+                json_response(200, &results.ok_or_else(no_core)?)
+            }
+            rpc::path::SHARD_DELIVER => {
+                let text = req.text().await.map_err(internal)?;
+                let down: Down = serde_json::from_str(&text)
+                    .map_err(|e| Error::Internal(format!("bad down batch: {e}")))?;
+                let answer = self.deliver(down).await?;
+                json_response(200, &answer)
+            }
+            rpc::path::SHARD_FILL => {
+                let (after, before) = (number("after").unwrap_or(0), number("before").unwrap_or(0));
+                let core = self.shared.core.borrow();
+                let fill =
+                    core.as_ref()
+                        .ok_or_else(no_core)?
+                        .fill(&self.shared.db(), after, before)?;
+                json_response(200, &fill)
             }
             rpc::path::HISTORY => {
                 let since = number("since").unwrap_or(0);
@@ -99,6 +153,103 @@ impl Room {
             }
             other => Err(Error::NotFound(other.to_string())),
         }
+    }
+
+    /// A batch from the sequencer, with a gap filled from its history first.
+    async fn deliver(&self, down: Down) -> Result<DownAnswer> {
+        let mut batches = vec![down];
+        // At most one fill: a second gap right after a fill means the history no longer
+        // holds the missing messages, and the batch is then delivered as it is.
+        let mut filled = false;
+        while let Some(batch) = batches.pop() {
+            let mut outcome = None;
+            let fx = self.with_core(|c, db, now| {
+                let attempt = if filled {
+                    c.deliver_anyway(db, now, batch.clone())
+                } else {
+                    c.deliver(db, now, batch.clone())
+                };
+                match attempt {
+                    Ok(Ok((answer, fx))) => {
+                        outcome = Some(Ok(Ok(answer)));
+                        fx
+                    }
+                    Ok(Err(gap)) => {
+                        outcome = Some(Ok(Err(gap)));
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        outcome = Some(Err(e));
+                        Vec::new()
+                    }
+                }
+            });
+            self.settle(fx).await;
+            match outcome.ok_or_else(|| Error::Internal("no core".into()))?? {
+                Ok(answer) if batches.is_empty() => return Ok(answer),
+                Ok(_) => {}
+                Err((after, before)) => {
+                    let link = self
+                        .link
+                        .as_ref()
+                        .ok_or_else(|| Error::Internal("a shard without a link".into()))?;
+                    log_line(
+                        "shard.gap",
+                        &[
+                            ("after", &after.to_string()),
+                            ("before", &before.to_string()),
+                        ],
+                    );
+                    let path = format!("{}?after={after}&before={before}", rpc::path::SHARD_FILL);
+                    let mut resp = link.send(&link.room_key, &path, Method::Get, None).await?;
+                    let text = resp.text().await.map_err(internal)?;
+                    let fill: Down = serde_json::from_str(&text)
+                        .map_err(|e| Error::Internal(format!("bad fill: {e}")))?;
+                    filled = true;
+                    batches.push(batch);
+                    batches.push(fill);
+                }
+            }
+        }
+        Err(Error::Internal("nothing delivered".into()))
+    }
+
+    /// `GET /v1/rooms/{room}` of a sharded room: the sequencer's log and counters, the
+    /// shards' sockets and users.
+    async fn merge_shard_info(&self, link: &Link, shards: u32, room: &str, info: &mut RoomInfo) {
+        #[derive(serde::Deserialize)]
+        struct ShardInfo {
+            connections: usize,
+            users: Vec<UserEntry>,
+        }
+        let path = format!("{}?room={room}", rpc::path::INFO);
+        let calls = (0..shards).map(|i| {
+            let (name, path) = (link.shard(i), path.clone());
+            async move {
+                let mut resp = link.send(&name, &path, Method::Get, None).await?;
+                let text = resp.text().await.map_err(internal)?;
+                serde_json::from_str::<ShardInfo>(&text)
+                    .map_err(|e| Error::Internal(format!("shard info: {e}")))
+            }
+        });
+        let mut users: BTreeMap<String, UserEntry> = BTreeMap::new();
+        let mut connections = 0;
+        for answer in join_all(calls).await {
+            match answer {
+                Ok(s) => {
+                    connections += s.connections;
+                    for u in s.users {
+                        users
+                            .entry(u.user.clone())
+                            .and_modify(|e| e.connections += u.connections)
+                            .or_insert(u);
+                    }
+                }
+                Err(e) => log_line("shard.info_failed", &[("detail", &e.to_string())]),
+            }
+        }
+        info.connections = connections;
+        info.users = users.into_values().collect();
     }
 
     async fn accept(&self, req: &Request) -> Result<Response> {

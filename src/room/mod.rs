@@ -22,6 +22,7 @@ pub mod core;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod core_tests;
 pub mod counters;
+mod fanout;
 mod http;
 pub mod limits;
 pub mod log;
@@ -30,6 +31,9 @@ pub mod peer;
 pub mod presence;
 pub mod rpc;
 pub mod schedule;
+pub mod sequencer;
+pub mod shard;
+pub mod sharded;
 pub mod sockets;
 pub mod sql;
 pub mod webhooks;
@@ -56,6 +60,21 @@ pub struct Room {
     /// then, so a room never sees traffic it would have to forward).
     hooks: Option<Webhooks>,
     shared: Shared,
+    /// The object's part in a sharded room, decided by its name and `SHARDED_ROOMS`.
+    part: Part,
+    /// The other objects of a sharded room; `None` for an ordinary room.
+    link: Option<fanout::Link>,
+}
+
+/// What the object is, from its name: `tenant/room#i` is shard `i` of a sharded room;
+/// `tenant/room` is that room's sequencer when `SHARDED_ROOMS` lists the room, otherwise
+/// an ordinary room. One class serves all three, so no migration or second binding is
+/// needed, and a room's mode follows the configuration of the deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Plain,
+    Shard(u32),
+    Sequencer(u32),
 }
 
 impl DurableObject for Room {
@@ -64,10 +83,32 @@ impl DurableObject for Room {
         // The Worker rejects requests when the configuration is malformed, so a room only
         // ever sees valid values; falling back here just avoids a panic path.
         let limits = Limits::from_lookup(&get).unwrap_or_default();
-        let hooks = Webhooks::from_lookup(&get).ok().flatten();
+        let sharding = crate::config::Sharding::from_lookup(&get).unwrap_or_default();
+        let name = state.id().name().unwrap_or_default();
+        let (room_key, index) = shard::parse_key(&name);
+        let room = room_key.split_once('/').map_or(room_key, |(_, r)| r);
+        let part = match (index, sharding.shards_for(room)) {
+            (Some(i), _) => Part::Shard(i),
+            (None, Some(n)) => Part::Sequencer(n),
+            (None, None) => Part::Plain,
+        };
+        // Webhooks are the sequencer's (it sees every message and presence change once).
+        let hooks = match part {
+            Part::Shard(_) => None,
+            _ => Webhooks::from_lookup(&get).ok().flatten(),
+        };
+        let link = match part {
+            Part::Plain => None,
+            _ => env
+                .durable_object(crate::router::ROOMS_BINDING)
+                .ok()
+                .map(|ns| fanout::Link {
+                    ns,
+                    room_key: room_key.to_string(),
+                }),
+        };
         // One line per construction: a room starting again after its sockets were idle is
         // how eviction shows in `wrangler tail` (and how the tests observe it).
-        let name = state.id().name().unwrap_or_default();
         log_line("room.start", &[("room_key", &name)]);
         // Answer heartbeats in the runtime without waking the room (contract §5).
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
@@ -83,6 +124,8 @@ impl DurableObject for Room {
             limits,
             hooks,
             shared,
+            part,
+            link,
         }
     }
 
@@ -169,7 +212,13 @@ impl Room {
         let (db, now) = (self.shared.db(), now_ms());
         let mut core = RoomCore::load(&db, self.limits, now, &|| random_id("e_"), sockets, alarm)?;
         let key = self.state.id().name().unwrap_or_default();
-        let fx = core.start(&db, now, &key, self.hooks.clone())?;
+        let (room_key, _) = shard::parse_key(&key);
+        let mut fx = core.start(&db, now, room_key, self.hooks.clone())?;
+        match self.part {
+            Part::Plain => {}
+            Part::Shard(i) => core.become_shard(&db, i)?,
+            Part::Sequencer(n) => fx.extend(core.become_sequencer(&db, now, n)?),
+        }
         *self.shared.core.borrow_mut() = Some(core);
         self.settle(fx).await;
         Ok(())
@@ -198,6 +247,11 @@ impl Room {
     async fn settle(&self, fx: Vec<Effect<WebSocket>>) {
         let mut pending = sockets::apply(&self.shared, fx);
         loop {
+            if std::mem::take(&mut pending.pump) {
+                if let Some(link) = &self.link {
+                    fanout::pump(&self.shared, link);
+                }
+            }
             if let Some(at) = pending.alarm.take() {
                 // `set_alarm` takes an i64 as an offset from now, not as a timestamp.
                 let offset = (at - now_ms()).max(0);
@@ -217,6 +271,7 @@ impl Room {
                 .with_core(|core, db, now| core.delivered(db, now, batch.upto, &outcome, jitter));
             let next = sockets::apply(&self.shared, fx);
             pending.alarm = next.alarm;
+            pending.pump = next.pump;
             pending.deliveries.extend(next.deliveries);
         }
     }
