@@ -21,6 +21,15 @@ export async function makeKeys() {
 }
 
 /** Starts the Worker in workerd. `bindings` override or add vars. */
+/**
+ * `ROOMCAST_SHARDED=1` runs every room as a sharded room (docs/sharding.md): the parity
+ * pass of `scripts/test` runs the suites that state v1's guarantees again this way, so
+ * the same tests hold one logical room over a sequencer and `ROOM_SHARDS` shards. A test
+ * that sets `SHARDED_ROOMS` itself wins.
+ */
+export const SHARDED = process.env.ROOMCAST_SHARDED === "1";
+export const SHARDED_BINDINGS = SHARDED ? { SHARDED_ROOMS: "*", ROOM_SHARDS: process.env.ROOMCAST_ROOM_SHARDS ?? "4" } : {};
+
 export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) {
   // Structured log lines from the Worker and rooms, for tests that observe lifecycle.
   // They arrive in the order the runtime wrote them, on one stream.
@@ -63,6 +72,7 @@ export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) 
       JWT_SECRET,
       API_SECRET,
       ...(jwks ? { JWT_PUBLIC_KEYS: JSON.stringify(jwks) } : {}),
+      ...SHARDED_BINDINGS,
       ...bindings,
     },
   });
