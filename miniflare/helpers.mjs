@@ -30,6 +30,30 @@ export async function makeKeys() {
 export const SHARDED = process.env.ROOMCAST_SHARDED === "1";
 export const SHARDED_BINDINGS = SHARDED ? { SHARDED_ROOMS: "*", ROOM_SHARDS: process.env.ROOMCAST_ROOM_SHARDS ?? "4" } : {};
 
+/**
+ * The shard (0..shards) holding `user`'s sockets in the room keyed `roomKey`
+ * (`tenant/room`): FNV-1a 64 over the key, a 0 byte and the user, as
+ * `room::shard::placement` computes it (its unit test pins the same values).
+ */
+export function placement(roomKey, user, shards) {
+  let h = 0xcbf29ce484222325n;
+  for (const b of [...Buffer.from(roomKey), 0, ...Buffer.from(user)]) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return Number(h % BigInt(shards));
+}
+
+/**
+ * The Durable Object key (the `room_key` of its `room.start` line) that holds `user`'s
+ * sockets in `room`: the room's own object, or in the sharded pass the user's shard.
+ */
+export function holder(room, user, tenant = "") {
+  const key = `${tenant}/${room}`;
+  if (!SHARDED) return key;
+  return `${key}#${placement(key, user, Number(SHARDED_BINDINGS.ROOM_SHARDS))}`;
+}
+
 export async function start({ bindings = {}, jwks, shared = {}, persist } = {}) {
   // Structured log lines from the Worker and rooms, for tests that observe lifecycle.
   // They arrive in the order the runtime wrote them, on one stream.

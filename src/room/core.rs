@@ -1297,25 +1297,40 @@ impl<H: Clone> RoomCore<H> {
             return;
         };
         self.counters.kicked(code);
-        for text in texts {
-            fx.push(Effect::Send {
-                to: peer.handle.clone(),
-                text,
-            });
-        }
-        fx.push(Effect::Attach {
-            to: peer.handle.clone(),
-            identity: Identity {
-                gone: true,
-                ..peer.id
-            },
-        });
-        fx.push(Effect::Close {
-            to: peer.handle,
-            code,
-            reason,
+        // A shard's socket with publishes still at the sequencer closes once they are
+        // acked, as an ordinary room's socket gets its acks before its close.
+        let Some(texts) = self.defer_close(conn, &peer.handle, &peer.id, texts, code, reason)
+        else {
+            return;
+        };
+        finish_close(fx, peer.handle, peer.id, texts, code, reason);
+    }
+}
+
+/// Sends a closing socket what it still gets, marks its attachment gone and closes it.
+pub(in crate::room) fn finish_close<H: Clone>(
+    fx: &mut Vec<Effect<H>>,
+    handle: H,
+    id: Identity,
+    texts: Vec<String>,
+    code: u16,
+    reason: &'static str,
+) {
+    for text in texts {
+        fx.push(Effect::Send {
+            to: handle.clone(),
+            text,
         });
     }
+    fx.push(Effect::Attach {
+        to: handle.clone(),
+        identity: Identity { gone: true, ..id },
+    });
+    fx.push(Effect::Close {
+        to: handle,
+        code,
+        reason,
+    });
 }
 
 /// What a new socket's `welcome` says, wherever it was decided (here, or at a sharded

@@ -9,12 +9,12 @@ use worker::{Method, Request, Response, WebSocketPair};
 use super::commands::disconnect::DisconnectRequest;
 use super::core::Published;
 use super::fanout::Link;
-use super::rpc::{RoomInfo, UserEntry};
 use super::shard::{Down, DownAnswer, Up};
 use super::{internal, rpc, Part, Room};
 use crate::error::{Error, Result};
 use crate::runtime::{json_response, log_line, now_ms, random_id};
 use rpc::ConnectRequest;
+use serde_json::Value;
 
 impl Room {
     pub(super) async fn route(&self, mut req: Request) -> Result<Response> {
@@ -69,14 +69,17 @@ impl Room {
             rpc::path::INFO => {
                 let stats = self.shared.stats.get();
                 let room = query("room").unwrap_or_default();
-                let mut info = {
+                let info = {
                     let core = self.shared.core.borrow();
                     core.as_ref()
                         .ok_or_else(no_core)?
                         .info(&self.shared.db(), room.clone(), stats)
                 };
                 if let (Part::Sequencer(n), Some(link)) = (self.part, &self.link) {
+                    let mut info =
+                        serde_json::to_value(&info).map_err(|e| Error::Internal(e.to_string()))?;
                     self.merge_shard_info(link, n, &room, &mut info).await;
+                    return json_response(200, &info);
                 }
                 json_response(200, &info)
             }
@@ -214,42 +217,50 @@ impl Room {
         Err(Error::Internal("nothing delivered".into()))
     }
 
-    /// `GET /v1/rooms/{room}` of a sharded room: the sequencer's log and counters, the
-    /// shards' sockets and users.
-    async fn merge_shard_info(&self, link: &Link, shards: u32, room: &str, info: &mut RoomInfo) {
-        #[derive(serde::Deserialize)]
-        struct ShardInfo {
-            connections: usize,
-            users: Vec<UserEntry>,
-        }
+    /// `GET /v1/rooms/{room}` of a sharded room: the sequencer's log and counters, plus
+    /// the shards' sockets, users and counters (summed; `peak_connections` is then the
+    /// sum of the shards' peaks, an upper bound of the room's).
+    async fn merge_shard_info(&self, link: &Link, shards: u32, room: &str, info: &mut Value) {
         let path = format!("{}?room={room}", rpc::path::INFO);
         let calls = (0..shards).map(|i| {
             let (name, path) = (link.shard(i), path.clone());
             async move {
                 let mut resp = link.send(&name, &path, Method::Get, None).await?;
                 let text = resp.text().await.map_err(internal)?;
-                serde_json::from_str::<ShardInfo>(&text)
+                serde_json::from_str::<Value>(&text)
                     .map_err(|e| Error::Internal(format!("shard info: {e}")))
             }
         });
-        let mut users: BTreeMap<String, UserEntry> = BTreeMap::new();
+        let mut users: BTreeMap<String, (u64, Value)> = BTreeMap::new();
         let mut connections = 0;
+        let mut counters = info.get("counters").cloned().unwrap_or(Value::Null);
         for answer in join_all(calls).await {
-            match answer {
-                Ok(s) => {
-                    connections += s.connections;
-                    for u in s.users {
-                        users
-                            .entry(u.user.clone())
-                            .and_modify(|e| e.connections += u.connections)
-                            .or_insert(u);
-                    }
+            let shard = match answer {
+                Ok(v) => v,
+                Err(e) => {
+                    log_line("shard.info_failed", &[("detail", &e.to_string())]);
+                    continue;
                 }
-                Err(e) => log_line("shard.info_failed", &[("detail", &e.to_string())]),
+            };
+            connections += shard["connections"].as_u64().unwrap_or(0);
+            for u in shard["users"].as_array().into_iter().flatten() {
+                let (Some(name), n) = (u["user"].as_str(), u["connections"].as_u64().unwrap_or(0))
+                else {
+                    continue;
+                };
+                let entry = users
+                    .entry(name.to_string())
+                    .or_insert_with(|| (0, u["info"].clone()));
+                entry.0 += n;
             }
+            add_counts(&mut counters, &shard["counters"]);
         }
-        info.connections = connections;
-        info.users = users.into_values().collect();
+        info["connections"] = connections.into();
+        info["users"] = users
+            .into_iter()
+            .map(|(user, (n, i))| serde_json::json!({ "user": user, "connections": n, "info": i }))
+            .collect();
+        info["counters"] = counters;
     }
 
     async fn accept(&self, req: &Request) -> Result<Response> {
@@ -287,5 +298,32 @@ impl Room {
                 .map_err(internal)?;
         }
         Ok(resp)
+    }
+}
+
+/// Adds a shard's counters into the room's: numbers and maps of numbers summed, the
+/// start time left as the sequencer's.
+fn add_counts(into: &mut Value, from: &Value) {
+    let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) else {
+        return;
+    };
+    for (key, v) in from {
+        if key == "since_ms" {
+            continue;
+        }
+        match v {
+            Value::Number(n) => {
+                let sum =
+                    into.get(key).and_then(Value::as_u64).unwrap_or(0) + n.as_u64().unwrap_or(0);
+                into.insert(key.clone(), sum.into());
+            }
+            Value::Object(_) => {
+                let slot = into
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Default::default()));
+                add_counts(slot, v);
+            }
+            _ => {}
+        }
     }
 }

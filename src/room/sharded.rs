@@ -64,6 +64,21 @@ pub struct ShardSide<H> {
     /// Acks whose message the shard has not delivered yet: (seq, connection, frame). An
     /// ack leaves after its message, as in an ordinary room.
     held_acks: Vec<(u64, String, String)>,
+    /// Sockets the shard closed while publishes of theirs were at the sequencer: closed
+    /// once those are answered (their acks first), by connection.
+    closing: HashMap<String, Closing<H>>,
+}
+
+/// A socket closed by the shard, waiting for its acks.
+#[derive(Debug)]
+struct Closing<H> {
+    handle: H,
+    id: Identity,
+    /// Acks and errors that came back meanwhile, then what it gets before the close.
+    acks: Vec<String>,
+    texts: Vec<String>,
+    code: u16,
+    reason: &'static str,
 }
 
 /// A socket waiting for its welcome.
@@ -126,6 +141,7 @@ impl<H: Clone> RoomCore<H> {
             in_flight: None,
             joins: HashMap::new(),
             held_acks: Vec::new(),
+            closing: HashMap::new(),
         });
         Ok(())
     }
@@ -591,12 +607,47 @@ impl<H: Clone> RoomCore<H> {
                 UpResult::Done | UpResult::Failed => failed.push((conn, id)),
             }
         }
+        // Acks of sockets closed meanwhile go straight to them, ahead of their close.
+        let closing = |conn: &str, text: &str, s: &mut ShardSide<H>| match s.closing.get_mut(conn) {
+            Some(c) => {
+                c.acks.push(text.to_string());
+                true
+            }
+            None => false,
+        };
+        let e = Error::Internal("the room's sequencer did not take the publish".into());
+        let mut to_send = Vec::new();
         for (conn, ack) in now_acks {
-            self.reply(&mut fx, now, &conn, ack);
+            if !closing(&conn, &ack, s) {
+                to_send.push((conn, Ok(ack)));
+            }
         }
         for (conn, id) in failed {
-            let e = Error::Internal("the room's sequencer did not take the publish".into());
-            self.reject(&mut fx, now, &conn, Some(&id), &e);
+            let frame = crate::protocol::error_frame(Some(&id), &e);
+            if !closing(&conn, &frame, s) {
+                to_send.push((conn, Err(id)));
+            }
+        }
+        let waiting: std::collections::HashSet<String> =
+            s.up.iter()
+                .filter_map(|(_, w)| w.as_ref().map(|(c, _)| c.clone()))
+                .collect();
+        let done: Vec<String> = s
+            .closing
+            .keys()
+            .filter(|c| !waiting.contains(*c))
+            .cloned()
+            .collect();
+        let finished: Vec<Closing<H>> = done.iter().filter_map(|c| s.closing.remove(c)).collect();
+        for (conn, what) in to_send {
+            match what {
+                Ok(ack) => self.reply(&mut fx, now, &conn, ack),
+                Err(id) => self.reject(&mut fx, now, &conn, Some(&id), &e),
+            }
+        }
+        for c in finished {
+            let texts = c.acks.into_iter().chain(c.texts).collect();
+            super::core::finish_close(&mut fx, c.handle, c.id, texts, c.code, c.reason);
         }
         if more {
             fx.push(Effect::Pump);
@@ -639,7 +690,6 @@ impl<H: Clone> RoomCore<H> {
                     except,
                     conflation,
                 } => {
-                    self.counters.ephemeral += 1;
                     self.outbox.push_ephemeral(
                         frame.get().to_string(),
                         To::All { except },
@@ -697,6 +747,46 @@ impl<H: Clone> RoomCore<H> {
             }
         }
         self.deliver(db, now, batch)
+    }
+
+    /// A shard closes socket `conn`: when publishes of it are still at the sequencer, the
+    /// close waits for their answers (returns `None`); otherwise returns what it gets
+    /// before the close, its acks still held first.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::room) fn defer_close(
+        &mut self,
+        conn: &str,
+        handle: &H,
+        id: &Identity,
+        texts: Vec<String>,
+        code: u16,
+        reason: &'static str,
+    ) -> Option<Vec<String>> {
+        let Role::Shard(s) = &mut self.role else {
+            return Some(texts);
+        };
+        let mine = |w: &Option<(String, String)>| w.as_ref().is_some_and(|(c, _)| c == conn);
+        let (acks, held): (Vec<_>, Vec<_>) = std::mem::take(&mut s.held_acks)
+            .into_iter()
+            .partition(|(_, c, _)| c == conn);
+        s.held_acks = held;
+        let acks: Vec<String> = acks.into_iter().map(|(_, _, a)| a).collect();
+        let waiting = s.up.iter().any(|(_, w)| mine(w)) || s.in_flight.iter().flatten().any(mine);
+        if !waiting {
+            return Some(acks.into_iter().chain(texts).collect());
+        }
+        s.closing.insert(
+            conn.to_string(),
+            Closing {
+                handle: handle.clone(),
+                id: id.clone(),
+                acks,
+                texts,
+                code,
+                reason,
+            },
+        );
+        None
     }
 
     /// Starts a socket's join at a shard: the per-user cap is decided here (all of a
