@@ -76,8 +76,13 @@ impl Room {
                         .info(&self.shared.db(), room.clone(), stats)
                 };
                 if let (Part::Sequencer(n), Some(link)) = (self.part, &self.link) {
+                    let fanout_seq = {
+                        let core = self.shared.core.borrow();
+                        core.as_ref().and_then(|c| c.fanout_seq()).unwrap_or(0)
+                    };
                     let mut info =
                         serde_json::to_value(&info).map_err(|e| Error::Internal(e.to_string()))?;
+                    info["shards"] = serde_json::json!({ "count": n, "fanout_seq": fanout_seq });
                     self.merge_shard_info(link, n, &room, &mut info).await;
                     return json_response(200, &info);
                 }

@@ -179,6 +179,13 @@ pub enum DownItem {
     },
     /// The answer to a [`UpItem::Join`] of this shard.
     Welcome(Welcome),
+    /// The `ack` of a publish from this shard, right behind its message.
+    Ack {
+        /// The publisher's connection.
+        conn: String,
+        /// The `ack` frame.
+        frame: Box<RawValue>,
+    },
 }
 
 /// What a joining socket needs from the sequencer, placed in the shard's delivery stream

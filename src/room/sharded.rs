@@ -61,12 +61,12 @@ pub struct ShardSide<H> {
     /// Memory only: the welcome follows within one batch round, long before the shard
     /// could be evicted.
     joins: HashMap<String, PendingJoin<H>>,
-    /// Acks whose message the shard has not delivered yet: (seq, connection, frame). An
-    /// ack leaves after its message, as in an ordinary room.
-    held_acks: Vec<(u64, String, String)>,
     /// Sockets the shard closed while publishes of theirs were at the sequencer: closed
     /// once those are answered (their acks first), by connection.
     closing: HashMap<String, Closing<H>>,
+    /// Per connection: acks the sequencer has promised (a publish answered) less acks
+    /// that came down. Negative while an ack overtook its answer.
+    acks_due: HashMap<String, i64>,
 }
 
 /// A socket closed by the shard, waiting for its acks.
@@ -77,6 +77,8 @@ struct Closing<H> {
     /// Acks and errors that came back meanwhile, then what it gets before the close.
     acks: Vec<String>,
     texts: Vec<String>,
+    /// Publishes whose ack (or failure) has not come back yet.
+    outstanding: usize,
     code: u16,
     reason: &'static str,
 }
@@ -140,8 +142,8 @@ impl<H: Clone> RoomCore<H> {
             up: Vec::new(),
             in_flight: None,
             joins: HashMap::new(),
-            held_acks: Vec::new(),
             closing: HashMap::new(),
+            acks_due: HashMap::new(),
         });
         Ok(())
     }
@@ -322,10 +324,26 @@ impl<H: Clone> RoomCore<H> {
                         except.as_deref(),
                     );
                     match appended {
-                        Ok(a) => UpResult::Published {
-                            seq: a.seq(),
-                            duplicate: matches!(a, Appended::Duplicate(_)),
-                        },
+                        Ok(a) => {
+                            let duplicate = matches!(a, Appended::Duplicate(_));
+                            let ack = ServerFrame::Ack {
+                                id: &id,
+                                seq: a.seq(),
+                                duplicate,
+                            }
+                            .to_json();
+                            // Behind the message in the publisher's shard's stream, as an
+                            // ordinary room queues the ack behind the message.
+                            if let (Role::Sequencer(s), Ok(frame)) = (&mut self.role, raw(ack)) {
+                                let conn = from.conn.clone();
+                                s.fanout.push(up.shard, DownItem::Ack { conn, frame });
+                                fx.push(Effect::Pump);
+                            }
+                            UpResult::Published {
+                                seq: a.seq(),
+                                duplicate,
+                            }
+                        }
                         Err(e) => {
                             fx.push(super::core::log_effect(
                                 "error",
@@ -421,12 +439,13 @@ impl<H: Clone> RoomCore<H> {
             .collect::<Result<Vec<_>>>()?;
         if joined {
             let id = member(conn.clone(), user, info);
-            if self.presence.users().is_empty() {
-                self.hook_room("occupied", now);
-            }
+            let was_empty = self.presence.users().is_empty();
             if self.presence.add(&id) == Change::Joined {
                 self.announce(fx, now, PresenceOp::Join, &id);
                 self.hook_presence("join", &id, now);
+            }
+            if was_empty {
+                self.hook_room("occupied", now);
             }
         }
         let welcome = Welcome {
@@ -450,6 +469,14 @@ impl<H: Clone> RoomCore<H> {
         }
         fx.push(Effect::Pump);
         Ok(())
+    }
+
+    /// The highest seq every shard has answered for (sharded rooms' `info.shards`).
+    pub fn fanout_seq(&self) -> Option<u64> {
+        match &self.role {
+            Role::Sequencer(s) => Some(s.fanout.fanout_seq()),
+            _ => None,
+        }
     }
 
     /// Shards with a batch ready to send.
@@ -572,8 +599,9 @@ impl<H: Clone> RoomCore<H> {
         })
     }
 
-    /// The sequencer answered the batch in flight (`None`: it failed): acks (each held
-    /// until its message is delivered here) and refusals.
+    /// The sequencer answered the batch in flight (`None`: it failed). Acks come down
+    /// with the room's traffic ([`DownItem::Ack`]), in order behind the messages before
+    /// them; here only failures are answered.
     pub fn up_answered(&mut self, now: i64, results: Option<Vec<UpResult>>) -> Vec<Effect<H>> {
         let mut fx = Vec::new();
         let Role::Shard(s) = &mut self.role else {
@@ -581,78 +609,47 @@ impl<H: Clone> RoomCore<H> {
         };
         let waiters = s.in_flight.take().unwrap_or_default();
         let more = !s.up.is_empty();
-        let delivered = s.delivery.delivered_seq;
         let mut results = results.unwrap_or_default().into_iter();
-        let mut now_acks = Vec::new();
         let mut failed = Vec::new();
         for waiter in waiters {
             let result = results.next().unwrap_or(UpResult::Failed);
-            let Some((conn, id)) = waiter else {
-                continue;
-            };
-            match result {
-                UpResult::Published { seq, duplicate } => {
-                    let ack = ServerFrame::Ack {
-                        id: &id,
-                        seq,
-                        duplicate,
-                    }
-                    .to_json();
-                    if seq <= delivered {
-                        now_acks.push((conn, ack));
-                    } else {
-                        s.held_acks.push((seq, conn, ack));
-                    }
-                }
-                UpResult::Done | UpResult::Failed => failed.push((conn, id)),
+            match (waiter, result) {
+                (None, _) => {}
+                (Some((conn, _)), UpResult::Published { .. }) => due(&mut s.acks_due, conn, 1),
+                (Some(w), UpResult::Failed | UpResult::Done) => failed.push(w),
             }
         }
-        // Acks of sockets closed meanwhile go straight to them, ahead of their close.
-        let closing = |conn: &str, text: &str, s: &mut ShardSide<H>| match s.closing.get_mut(conn) {
-            Some(c) => {
-                c.acks.push(text.to_string());
-                true
-            }
-            None => false,
-        };
         let e = Error::Internal("the room's sequencer did not take the publish".into());
-        let mut to_send = Vec::new();
-        for (conn, ack) in now_acks {
-            if !closing(&conn, &ack, s) {
-                to_send.push((conn, Ok(ack)));
-            }
-        }
         for (conn, id) in failed {
-            let frame = crate::protocol::error_frame(Some(&id), &e);
-            if !closing(&conn, &frame, s) {
-                to_send.push((conn, Err(id)));
+            if self.closing_gets(&mut fx, &conn, crate::protocol::error_frame(Some(&id), &e)) {
+                continue;
             }
-        }
-        let waiting: std::collections::HashSet<String> =
-            s.up.iter()
-                .filter_map(|(_, w)| w.as_ref().map(|(c, _)| c.clone()))
-                .collect();
-        let done: Vec<String> = s
-            .closing
-            .keys()
-            .filter(|c| !waiting.contains(*c))
-            .cloned()
-            .collect();
-        let finished: Vec<Closing<H>> = done.iter().filter_map(|c| s.closing.remove(c)).collect();
-        for (conn, what) in to_send {
-            match what {
-                Ok(ack) => self.reply(&mut fx, now, &conn, ack),
-                Err(id) => self.reject(&mut fx, now, &conn, Some(&id), &e),
-            }
-        }
-        for c in finished {
-            let texts = c.acks.into_iter().chain(c.texts).collect();
-            super::core::finish_close(&mut fx, c.handle, c.id, texts, c.code, c.reason);
+            self.reject(&mut fx, now, &conn, Some(&id), &e);
         }
         if more {
             fx.push(Effect::Pump);
         }
         fx
+    }
+
+    /// Hands `text` (an ack or a publish's error) to socket `conn` if the shard is
+    /// closing it, and closes it once nothing is outstanding. False when it is not closing.
+    fn closing_gets(&mut self, fx: &mut Vec<Effect<H>>, conn: &str, text: String) -> bool {
+        let Role::Shard(s) = &mut self.role else {
+            return false;
+        };
+        let Some(c) = s.closing.get_mut(conn) else {
+            return false;
+        };
+        c.acks.push(text);
+        c.outstanding = c.outstanding.saturating_sub(1);
+        if c.outstanding == 0 {
+            if let Some(c) = s.closing.remove(conn) {
+                let texts = c.acks.into_iter().chain(c.texts).collect();
+                super::core::finish_close(fx, c.handle, c.id, texts, c.code, c.reason);
+            }
+        }
+        true
     }
 
     /// A batch from the sequencer. Returns the shard's answer, or the gap to fill first.
@@ -706,6 +703,15 @@ impl<H: Clone> RoomCore<H> {
                     }
                 }
                 DownItem::Welcome(w) => self.complete_join(&mut fx, db, now, w),
+                DownItem::Ack { conn, frame } => {
+                    if let Role::Shard(s) = &mut self.role {
+                        due(&mut s.acks_due, conn.clone(), -1);
+                    }
+                    let text = frame.get().to_string();
+                    if !self.closing_gets(&mut fx, &conn, text.clone()) {
+                        self.reply(&mut fx, now, &conn, text);
+                    }
+                }
             }
         }
         let Role::Shard(s) = &mut self.role else {
@@ -714,13 +720,6 @@ impl<H: Clone> RoomCore<H> {
         let delivered = s.delivery.delivered_seq;
         if delivered > before {
             store_meta_int(db, "delivered_seq", delivered)?;
-        }
-        let (due, held): (Vec<_>, Vec<_>) = std::mem::take(&mut s.held_acks)
-            .into_iter()
-            .partition(|(seq, _, _)| *seq <= delivered);
-        s.held_acks = held;
-        for (_, conn, ack) in due {
-            self.reply(&mut fx, now, &conn, ack);
         }
         let answer = DownAnswer {
             delivered_seq: delivered,
@@ -750,8 +749,8 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// A shard closes socket `conn`: when publishes of it are still at the sequencer, the
-    /// close waits for their answers (returns `None`); otherwise returns what it gets
-    /// before the close, its acks still held first.
+    /// close waits for their acks (returns `None`), as an ordinary room's socket gets its
+    /// acks before its close; otherwise returns `texts`, what it gets before the close.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::room) fn defer_close(
         &mut self,
@@ -765,25 +764,26 @@ impl<H: Clone> RoomCore<H> {
         let Role::Shard(s) = &mut self.role else {
             return Some(texts);
         };
-        let mine = |w: &Option<(String, String)>| w.as_ref().is_some_and(|(c, _)| c == conn);
-        let (acks, held): (Vec<_>, Vec<_>) = std::mem::take(&mut s.held_acks)
-            .into_iter()
-            .partition(|(_, c, _)| c == conn);
-        s.held_acks = held;
-        let acks: Vec<String> = acks.into_iter().map(|(_, _, a)| a).collect();
-        let waiting = s.up.iter().any(|(_, w)| mine(w)) || s.in_flight.iter().flatten().any(mine);
-        if !waiting {
-            return Some(acks.into_iter().chain(texts).collect());
+        let mine = |w: &&Option<(String, String)>| w.as_ref().is_some_and(|(c, _)| c == conn);
+        let outstanding = (s.up.iter().map(|(_, w)| w).filter(mine).count()
+            + s.in_flight.iter().flatten().filter(mine).count()) as i64
+            + s.acks_due.get(conn).copied().unwrap_or(0);
+        let Ok(outstanding) = usize::try_from(outstanding) else {
+            return Some(texts);
+        };
+        if outstanding == 0 {
+            return Some(texts);
         }
         s.closing.insert(
             conn.to_string(),
             Closing {
                 handle: handle.clone(),
                 id: id.clone(),
-                acks,
+                acks: Vec::new(),
                 texts,
                 code,
                 reason,
+                outstanding,
             },
         );
         None
@@ -923,6 +923,15 @@ impl<H: Clone> RoomCore<H> {
             client: None,
             from,
         })
+    }
+}
+
+/// Adds `n` to a connection's count of acks due, forgetting it at zero.
+fn due(counts: &mut HashMap<String, i64>, conn: String, n: i64) {
+    let entry = counts.entry(conn.clone()).or_default();
+    *entry += n;
+    if *entry == 0 {
+        counts.remove(&conn);
     }
 }
 
