@@ -64,6 +64,8 @@ pub struct Room {
     part: Part,
     /// The other objects of a sharded room; `None` for an ordinary room.
     link: Option<fanout::Link>,
+    /// The object's name (`tenant/room`, or `tenant/room#i` for a shard).
+    name: String,
 }
 
 /// What the object is, from its name: `tenant/room#i` is shard `i` of a sharded room;
@@ -84,7 +86,22 @@ impl DurableObject for Room {
         // ever sees valid values; falling back here just avoids a panic path.
         let limits = Limits::from_lookup(&get).unwrap_or_default();
         let sharding = crate::config::Sharding::from_lookup(&get).unwrap_or_default();
-        let name = state.id().name().unwrap_or_default();
+        // An object woken by its alarm is not told its name; a sharded room's objects
+        // stored theirs (an ordinary room needs none: its name is only for log lines and
+        // webhook bodies, as before).
+        let name = state
+            .id()
+            .name()
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                let stats = sql::Stats::default();
+                let db = sql::DoSql {
+                    sql: state.storage().sql(),
+                    stats: &stats,
+                };
+                sharded::stored_name(&db)
+            })
+            .unwrap_or_default();
         let (room_key, index) = shard::parse_key(&name);
         let room = room_key.split_once('/').map_or(room_key, |(_, r)| r);
         let part = match (index, sharding.shards_for(room)) {
@@ -126,6 +143,7 @@ impl DurableObject for Room {
             shared,
             part,
             link,
+            name,
         }
     }
 
@@ -211,13 +229,16 @@ impl Room {
             .filter_map(|ws| sockets::identity(&ws).map(|id| (ws, id)));
         let (db, now) = (self.shared.db(), now_ms());
         let mut core = RoomCore::load(&db, self.limits, now, &|| random_id("e_"), sockets, alarm)?;
-        let key = self.state.id().name().unwrap_or_default();
+        let key = match self.part {
+            Part::Plain => self.state.id().name().unwrap_or_default(),
+            _ => self.name.clone(),
+        };
         let (room_key, _) = shard::parse_key(&key);
         let mut fx = core.start(&db, now, room_key, self.hooks.clone())?;
         match self.part {
             Part::Plain => {}
-            Part::Shard(i) => core.become_shard(&db, i)?,
-            Part::Sequencer(n) => fx.extend(core.become_sequencer(&db, now, n)?),
+            Part::Shard(i) => core.become_shard(&db, &key, i)?,
+            Part::Sequencer(n) => fx.extend(core.become_sequencer(&db, now, &key, n)?),
         }
         *self.shared.core.borrow_mut() = Some(core);
         self.settle(fx).await;

@@ -121,6 +121,31 @@ fn store_meta_int(db: &dyn Sql, key: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
+/// Stores the object's name once. workerd does not tell an object woken by its alarm its
+/// name (`id.name` is empty then), and a sequencer woken to resend, or a shard, must know
+/// which room it serves; [`stored_name`] reads it back.
+fn remember_name(db: &dyn Sql, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    db.write(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('object_name', ?)",
+        &[Arg::Text(key)],
+    )?;
+    Ok(())
+}
+
+/// The name [`remember_name`] stored, if any (an ordinary room stores none).
+pub fn stored_name(db: &dyn Sql) -> Option<String> {
+    let rows = db
+        .run("SELECT value FROM meta WHERE key = 'object_name'", &[])
+        .ok()?;
+    match rows.into_iter().next()?.into_iter().next()? {
+        Cell::Text(name) => Some(name),
+        _ => None,
+    }
+}
+
 fn raw(text: String) -> Result<Box<RawValue>> {
     RawValue::from_string(text).map_err(|e| Error::Internal(format!("frame: {e}")))
 }
@@ -134,7 +159,8 @@ impl<H: Clone> RoomCore<H> {
     /// # Errors
     ///
     /// `Internal` when storage fails.
-    pub fn become_shard(&mut self, db: &dyn Sql, index: u32) -> Result<()> {
+    pub fn become_shard(&mut self, db: &dyn Sql, key: &str, index: u32) -> Result<()> {
+        remember_name(db, key)?;
         let delivered_seq = meta_int(db, "delivered_seq")?;
         self.role = Role::Shard(ShardSide {
             index,
@@ -159,8 +185,10 @@ impl<H: Clone> RoomCore<H> {
         &mut self,
         db: &dyn Sql,
         now: i64,
+        key: &str,
         shards: u32,
     ) -> Result<Vec<Effect<H>>> {
+        remember_name(db, key)?;
         let fanout_seq = meta_int(db, "fanout_seq")?.min(self.head.last_seq);
         self.role = Role::Sequencer(SequencerSide {
             fanout: Fanout::new(shards, fanout_seq),
