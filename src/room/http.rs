@@ -10,6 +10,7 @@ use super::commands::disconnect::DisconnectRequest;
 use super::core::Published;
 use super::fanout::Link;
 use super::shard::{Down, DownAnswer, Up};
+use super::sharded::Delivered;
 use super::{internal, rpc, Part, Room};
 use crate::error::{Error, Result};
 use crate::runtime::{json_response, log_line, now_ms, random_id};
@@ -178,12 +179,12 @@ impl Room {
                     c.deliver(db, now, batch.clone())
                 };
                 match attempt {
-                    Ok(Ok((answer, fx))) => {
+                    Ok(Delivered::Done(answer, fx)) => {
                         outcome = Some(Ok(Ok(answer)));
                         fx
                     }
-                    Ok(Err(gap)) => {
-                        outcome = Some(Ok(Err(gap)));
+                    Ok(Delivered::Gap { after, before }) => {
+                        outcome = Some(Ok(Err((after, before))));
                         Vec::new()
                     }
                     Err(e) => {

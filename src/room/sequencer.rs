@@ -80,7 +80,7 @@ impl Fanout {
             _ => None,
         });
         let (from_seq, to_seq) = match seqs.next() {
-            Some(first) => (first, seqs.last().unwrap_or(first)),
+            Some(first) => (first, seqs.next_back().unwrap_or(first)),
             None => (q.acked + 1, q.acked),
         };
         let batch = Down {

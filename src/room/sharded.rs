@@ -34,6 +34,20 @@ use crate::protocol::{check_publish, PresenceOp, Resume, ServerFrame};
 /// room never resends, short enough that a lost batch is a few seconds late, not lost.
 pub const RESEND_MS: i64 = 5_000;
 
+/// How a shard took a batch.
+#[derive(Debug)]
+pub enum Delivered<H> {
+    /// Delivered: the shard's answer, and the sends.
+    Done(DownAnswer, Vec<Effect<H>>),
+    /// Messages `after + 1 .. before` are missing: fill them first.
+    Gap {
+        /// What the shard delivered last.
+        after: u64,
+        /// The batch's first seq.
+        before: u64,
+    },
+}
+
 /// The object's part.
 #[derive(Debug, Default)]
 pub enum Role<H> {
@@ -685,12 +699,7 @@ impl<H: Clone> RoomCore<H> {
     /// # Errors
     ///
     /// `Internal` when storing `delivered_seq` fails (the sequencer sends the batch again).
-    pub fn deliver(
-        &mut self,
-        db: &dyn Sql,
-        now: i64,
-        batch: Down,
-    ) -> Result<std::result::Result<(DownAnswer, Vec<Effect<H>>), (u64, u64)>> {
+    pub fn deliver(&mut self, db: &dyn Sql, now: i64, batch: Down) -> Result<Delivered<H>> {
         let mut fx = Vec::new();
         let Role::Shard(s) = &mut self.role else {
             return Err(Error::Internal(
@@ -699,7 +708,12 @@ impl<H: Clone> RoomCore<H> {
         };
         let before = s.delivery.delivered_seq;
         let items = match s.delivery.take(batch) {
-            Take::Gap { after, from_seq } => return Ok(Err((after, from_seq))),
+            Take::Gap { after, from_seq } => {
+                return Ok(Delivered::Gap {
+                    after,
+                    before: from_seq,
+                })
+            }
             Take::Deliver(items) => items,
         };
         for item in items {
@@ -753,7 +767,7 @@ impl<H: Clone> RoomCore<H> {
             delivered_seq: delivered,
             connections: self.peers.len(),
         };
-        Ok(Ok((answer, fx)))
+        Ok(Delivered::Done(answer, fx))
     }
 
     /// [`RoomCore::deliver`] after a gap that could not be filled (the history no longer
@@ -762,12 +776,7 @@ impl<H: Clone> RoomCore<H> {
     /// # Errors
     ///
     /// As [`RoomCore::deliver`].
-    pub fn deliver_anyway(
-        &mut self,
-        db: &dyn Sql,
-        now: i64,
-        batch: Down,
-    ) -> Result<std::result::Result<(DownAnswer, Vec<Effect<H>>), (u64, u64)>> {
+    pub fn deliver_anyway(&mut self, db: &dyn Sql, now: i64, batch: Down) -> Result<Delivered<H>> {
         if let Role::Shard(s) = &mut self.role {
             if batch.from_seq > 0 {
                 s.delivery.delivered_seq = s.delivery.delivered_seq.max(batch.from_seq - 1);
