@@ -1908,3 +1908,42 @@ fn sharded_sequencer_restart_resends_and_shards_drop_repeats() {
     assert_eq!(c.seqs(b), vec![1, 2, 3, 4, 5, 6, 7], "5..6 filled, then 7");
     assert_eq!(c.seq.core.fanout_seq(), Some(7));
 }
+
+#[test]
+fn sharded_presence_survives_the_sequencer_and_a_restarted_shard_reports_its_users() {
+    let mut c = Cluster::new(2);
+    let a = c.connect(0, Fixture::request("a"));
+    let b = c.connect(1, Fixture::request("b"));
+    c.run();
+    // The sequencer starts again (evicted while idle): presence comes back from storage.
+    let db = std::mem::replace(&mut c.seq.db, lite());
+    c.seq = Fixture::on(db, limits());
+    let fx = c
+        .seq
+        .core
+        .become_sequencer(&c.seq.db, NOW, "/lobby", 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.seq.apply(fx);
+    let late = c.connect(1, Fixture::request("late"));
+    let w = &c.inbox(late)[0];
+    assert_eq!(w["presence"]["count"], 3, "{w}");
+    // Shard 0 restarts without its sockets (a deploy): its first batch lists its users,
+    // and the sequencer announces that `a` left.
+    let db = std::mem::replace(&mut c.shards[0].db, lite());
+    c.shards[0] = Fixture::on(db, limits());
+    let f = &mut c.shards[0];
+    f.core
+        .become_shard(&f.db, "/lobby#0", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.next = 100;
+    c.next = 100;
+    let _fresh = c.connect(0, Fixture::request("fresh"));
+    let ops: Vec<(Value, Value)> = c.shards[1]
+        .frames(b, "presence")
+        .iter()
+        .map(|p| (p["op"].clone(), p["user"].clone()))
+        .collect();
+    assert!(ops.contains(&(json!("leave"), json!("a"))), "{ops:?}");
+    assert!(ops.contains(&(json!("join"), json!("fresh"))), "{ops:?}");
+    let _ = a;
+}

@@ -109,6 +109,13 @@ pub enum UpItem {
         /// Resume.
         epoch: Option<String>,
     },
+    /// The users present through this shard, sent once after each start of the shard
+    /// (first in its first batch): the sequencer announces `leave` for any it still counts
+    /// on this shard that are gone — the shard restarted without its sockets.
+    Users {
+        /// The users.
+        users: Vec<String>,
+    },
     /// A user's last socket left (a presence `leave`).
     Leave {
         /// The connection that left.

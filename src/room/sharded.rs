@@ -78,6 +78,8 @@ pub struct ShardSide<H> {
     /// Sockets the shard closed while publishes of theirs were at the sequencer: closed
     /// once those are answered (their acks first), by connection.
     closing: HashMap<String, Closing<H>>,
+    /// Whether this start's user list went up yet ([`UpItem::Users`]).
+    reported: bool,
     /// Per connection: acks the sequencer has promised (a publish answered) less acks
     /// that came down. Negative while an ack overtook its answer.
     acks_due: HashMap<String, i64>,
@@ -115,6 +117,10 @@ pub struct SequencerSide {
     /// The `fanout_seq` stored last.
     stored_fanout: u64,
 }
+
+/// The sequencer's users present (docs/storage.md): `shard` says where, so that a shard
+/// that restarted without its sockets lets the sequencer announce their leaves.
+const PRESENCE_TABLE: &str = "CREATE TABLE IF NOT EXISTS presence (user TEXT PRIMARY KEY, shard INTEGER NOT NULL, info TEXT)";
 
 /// Reads an integer from `meta`, 0 when absent.
 fn meta_int(db: &dyn Sql, key: &str) -> Result<u64> {
@@ -184,6 +190,7 @@ impl<H: Clone> RoomCore<H> {
             joins: HashMap::new(),
             closing: HashMap::new(),
             acks_due: HashMap::new(),
+            reported: false,
         });
         Ok(())
     }
@@ -203,6 +210,21 @@ impl<H: Clone> RoomCore<H> {
         shards: u32,
     ) -> Result<Vec<Effect<H>>> {
         remember_name(db, key)?;
+        // Who is present is stored (one row written per join and per leave, like the
+        // webhook row of either): the sequencer holds no sockets to rebuild it from, and
+        // is evicted whenever the room is quiet for a few seconds.
+        db.write(PRESENCE_TABLE, &[])?;
+        for row in db.run("SELECT user, info FROM presence", &[])? {
+            let mut c = row.into_iter();
+            let (Some(Cell::Text(user)), info) = (c.next(), c.next()) else {
+                continue;
+            };
+            let info = match info {
+                Some(Cell::Text(i)) => Some(i),
+                _ => None,
+            };
+            self.presence.add(&member(String::new(), user, info));
+        }
         let fanout_seq = meta_int(db, "fanout_seq")?.min(self.head.last_seq);
         self.role = Role::Sequencer(SequencerSide {
             fanout: Fanout::new(shards, fanout_seq),
@@ -432,13 +454,29 @@ impl<H: Clone> RoomCore<H> {
                     }
                 },
                 UpItem::Leave { conn, user, info } => {
-                    let id = member(conn, user, info);
-                    if self.presence.remove(&id) == Change::Left {
-                        self.announce(&mut fx, now, PresenceOp::Leave, &id);
-                        self.hook_presence("leave", &id, now);
-                        if self.presence.users().is_empty() {
-                            self.hook_room("vacated", now);
-                        }
+                    self.sequence_leave(&mut fx, db, now, member(conn, user, info));
+                    UpResult::Done
+                }
+                UpItem::Users { users } => {
+                    let gone: Vec<(String, Option<String>)> = db
+                        .run(
+                            "SELECT user, info FROM presence WHERE shard = ?",
+                            &[Arg::Int(i64::from(up.shard))],
+                        )
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|row| {
+                            let mut c = row.into_iter();
+                            match (c.next(), c.next()) {
+                                (Some(Cell::Text(u)), Some(Cell::Text(i))) => Some((u, Some(i))),
+                                (Some(Cell::Text(u)), _) => Some((u, None)),
+                                _ => None,
+                            }
+                        })
+                        .filter(|(u, _)| !users.contains(u))
+                        .collect();
+                    for (user, info) in gone {
+                        self.sequence_leave(&mut fx, db, now, member(String::new(), user, info));
                     }
                     UpResult::Done
                 }
@@ -482,6 +520,14 @@ impl<H: Clone> RoomCore<H> {
         if joined {
             let id = member(conn.clone(), user, info);
             let was_empty = self.presence.users().is_empty();
+            db.write(
+                "INSERT INTO presence (user, shard, info) VALUES (?, ?, ?) ON CONFLICT (user) DO UPDATE SET shard = excluded.shard, info = excluded.info",
+                &[
+                    Arg::Text(&id.user),
+                    Arg::Int(i64::from(shard)),
+                    Arg::opt(id.info.as_deref()),
+                ],
+            )?;
             if self.presence.add(&id) == Change::Joined {
                 self.announce(fx, now, PresenceOp::Join, &id);
                 self.hook_presence("join", &id, now);
@@ -518,6 +564,26 @@ impl<H: Clone> RoomCore<H> {
         match &self.role {
             Role::Sequencer(s) => Some(s.fanout.fanout_seq()),
             _ => None,
+        }
+    }
+
+    /// A user left the room (their shard said so, or their shard restarted without them).
+    fn sequence_leave(&mut self, fx: &mut Vec<Effect<H>>, db: &dyn Sql, now: i64, id: Identity) {
+        if let Err(e) = db.write(
+            "DELETE FROM presence WHERE user = ?",
+            &[Arg::Text(&id.user)],
+        ) {
+            fx.push(super::core::log_effect(
+                "error",
+                &[("detail", e.to_string())],
+            ));
+        }
+        if self.presence.remove(&id) == Change::Left {
+            self.announce(fx, now, PresenceOp::Leave, &id);
+            self.hook_presence("leave", &id, now);
+            if self.presence.users().is_empty() {
+                self.hook_room("vacated", now);
+            }
         }
     }
 
@@ -631,6 +697,11 @@ impl<H: Clone> RoomCore<H> {
         };
         if s.in_flight.is_some() || s.up.is_empty() {
             return None;
+        }
+        if !s.reported {
+            s.reported = true;
+            let users = self.presence.users().keys().cloned().collect();
+            s.up.insert(0, (UpItem::Users { users }, None));
         }
         let (items, waiters): (Vec<_>, Vec<_>) = std::mem::take(&mut s.up).into_iter().unzip();
         s.in_flight = Some(waiters);
