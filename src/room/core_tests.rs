@@ -1947,3 +1947,33 @@ fn sharded_presence_survives_the_sequencer_and_a_restarted_shard_reports_its_use
     assert!(ops.contains(&(json!("join"), json!("fresh"))), "{ops:?}");
     let _ = a;
 }
+
+#[test]
+fn sharded_a_room_that_becomes_sharded_keeps_its_log_and_starts_its_shards_at_the_head() {
+    let mut plain = Fixture::new(limits());
+    let a = plain.connect("a");
+    for i in 0..3 {
+        plain.publish(a, &format!("old{i}"));
+    }
+    // The next deploy lists the room in SHARDED_ROOMS: the same object is its sequencer.
+    let mut c = Cluster::new(2);
+    let db = std::mem::replace(&mut plain.db, lite());
+    c.seq = Fixture::on(db, limits());
+    let fx = c
+        .seq
+        .core
+        .become_sequencer(&c.seq.db, NOW, "/lobby", 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Pump)),
+        "nothing to resend"
+    );
+    c.seq.apply(fx);
+    let b = c.connect(1, Fixture::request("b"));
+    let w = &c.inbox(b)[0];
+    assert_eq!((w["seq"].clone(), w["epoch"].clone()), (json!(3), json!("e_test")));
+    let d = c.connect(0, Fixture::request("d"));
+    c.publish(d, "new", false);
+    c.run();
+    assert_eq!(c.seqs(b), vec![4], "no old message, then the new one");
+}

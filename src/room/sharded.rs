@@ -124,11 +124,16 @@ const PRESENCE_TABLE: &str = "CREATE TABLE IF NOT EXISTS presence (user TEXT PRI
 
 /// Reads an integer from `meta`, 0 when absent.
 fn meta_int(db: &dyn Sql, key: &str) -> Result<u64> {
+    Ok(meta_opt(db, key)?.unwrap_or(0))
+}
+
+/// Reads an integer from `meta`, if it is there.
+fn meta_opt(db: &dyn Sql, key: &str) -> Result<Option<u64>> {
     let rows = db.run("SELECT value FROM meta WHERE key = ?", &[Arg::Text(key)])?;
     Ok(
         match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
-            Some(Cell::Int(v)) => u64::try_from(v).unwrap_or(0),
-            _ => 0,
+            Some(Cell::Int(v)) => Some(u64::try_from(v).unwrap_or(0)),
+            _ => None,
         },
     )
 }
@@ -225,7 +230,15 @@ impl<H: Clone> RoomCore<H> {
             };
             self.presence.add(&member(String::new(), user, info));
         }
-        let fanout_seq = meta_int(db, "fanout_seq")?.min(self.head.last_seq);
+        // A room that was an ordinary room until this deploy has no `fanout_seq`: what it
+        // stored before was delivered by itself, so its shards start at its head.
+        let fanout_seq = match meta_opt(db, "fanout_seq")? {
+            Some(v) => v.min(self.head.last_seq),
+            None => {
+                store_meta_int(db, "fanout_seq", self.head.last_seq)?;
+                self.head.last_seq
+            }
+        };
         self.role = Role::Sequencer(SequencerSide {
             fanout: Fanout::new(shards, fanout_seq),
             stored_fanout: fanout_seq,
@@ -815,7 +828,16 @@ impl<H: Clone> RoomCore<H> {
                         self.want_flush(&mut fx, now, presence_delay_ms(watchers));
                     }
                 }
-                DownItem::Welcome(w) => self.complete_join(&mut fx, db, now, w),
+                DownItem::Welcome(w) => {
+                    // A shard without sockets has nobody to fill a gap for: a new shard of
+                    // a room whose log did not start with it takes the welcome's head.
+                    if let Role::Shard(s) = &mut self.role {
+                        if self.peers.is_empty() && s.delivery.delivered_seq < w.seq {
+                            s.delivery.delivered_seq = w.seq;
+                        }
+                    }
+                    self.complete_join(&mut fx, db, now, w)
+                }
                 DownItem::Ack { conn, frame } => {
                     if let Role::Shard(s) = &mut self.role {
                         due(&mut s.acks_due, conn.clone(), -1);
