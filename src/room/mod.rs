@@ -1,5 +1,6 @@
 //! The Room Durable Object: one per `(tenant, room)`, SQLite-backed, holding its sockets
-//! with the WebSocket Hibernation API.
+//! with the WebSocket Hibernation API — or, for a room in `SHARDED_ROOMS`, one sequencer
+//! and `ROOM_SHARDS` shards of the same class, each knowing its part by its name.
 //!
 //! This file is glue only: it turns runtime events into calls on [`core::RoomCore`] (the
 //! room's rules, plain Rust with native tests) and applies the effects it returns through
@@ -15,6 +16,9 @@
 //! * [`sockets`] and [`sql`]: the runtime side (sends, timers, attachments, storage).
 //! * [`webhooks`]: the outbox of events for the backend.
 //! * [`rpc`]: the Worker ↔ room requests; `http`: the object's answers to them.
+//! * Sharded rooms (docs/sharding.md): [`shard`] (placement, the wire between the objects,
+//!   delivery order), [`sequencer`] (per-shard queues), [`sharded`] (both parts as core
+//!   events and effects), `fanout` (carrying the batches over `fetch`).
 
 pub mod codec;
 pub mod commands;
