@@ -1971,9 +1971,30 @@ fn sharded_a_room_that_becomes_sharded_keeps_its_log_and_starts_its_shards_at_th
     c.seq.apply(fx);
     let b = c.connect(1, Fixture::request("b"));
     let w = &c.inbox(b)[0];
-    assert_eq!((w["seq"].clone(), w["epoch"].clone()), (json!(3), json!("e_test")));
+    assert_eq!(
+        (w["seq"].clone(), w["epoch"].clone()),
+        (json!(3), json!("e_test"))
+    );
     let d = c.connect(0, Fixture::request("d"));
     c.publish(d, "new", false);
     c.run();
     assert_eq!(c.seqs(b), vec![4], "no old message, then the new one");
+}
+
+#[test]
+fn sharded_a_join_the_sequencer_did_not_take_closes_the_socket() {
+    let mut c = Cluster::new(1);
+    let f = &mut c.shards[0];
+    let fx = f
+        .core
+        .connect(&f.db, f.now, 9, Fixture::conn(9), &Fixture::request("x"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.apply(fx);
+    assert!(f.core.take_up().is_some());
+    let fx = f.core.up_answered(f.now, None);
+    f.apply(fx);
+    assert_eq!(f.closed, vec![(9, crate::error::close::INTERNAL)]);
+    // Its user is no longer counted: a new socket of the same user joins afresh.
+    let h = c.connect(0, Fixture::request("x"));
+    assert_eq!(c.inbox(h)[0]["presence"]["count"], 1);
 }

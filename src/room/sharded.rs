@@ -3,7 +3,7 @@
 //!
 //! * a **shard** holds sockets. It admits their frames as an ordinary room does, but
 //!   sends publishes, ephemeral messages, joins and leaves up to the sequencer
-//!   ([`RoomCore::send_up`], one batch in flight), and delivers what the sequencer sends
+//!   (`RoomCore::send_up`, one batch in flight), and delivers what the sequencer sends
 //!   down ([`RoomCore::deliver`]) in seq order, dropping repeats and asking for gaps;
 //! * the **sequencer** holds no sockets. It owns the log (seq, dedup, history), presence
 //!   over the whole room and webhooks, and queues every frame for every shard
@@ -47,6 +47,9 @@ pub enum Delivered<H> {
         before: u64,
     },
 }
+
+/// The waiter "id" of a join in a shard's batch (event ids are never empty).
+const JOINING: &str = "";
 
 /// The object's part.
 #[derive(Debug, Default)]
@@ -148,7 +151,7 @@ fn store_meta_int(db: &dyn Sql, key: &str, value: u64) -> Result<()> {
 
 /// Stores the object's name once. workerd does not tell an object woken by its alarm its
 /// name (`id.name` is empty then), and a sequencer woken to resend, or a shard, must know
-/// which room it serves; [`stored_name`] reads it back.
+/// which room it serves; `stored_name` reads it back.
 fn remember_name(db: &dyn Sql, key: &str) -> Result<()> {
     if key.is_empty() {
         return Ok(());
@@ -160,7 +163,7 @@ fn remember_name(db: &dyn Sql, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The name [`remember_name`] stored, if any (an ordinary room stores none).
+/// The name `remember_name` stored, if any (an ordinary room stores none).
 pub fn stored_name(db: &dyn Sql) -> Option<String> {
     let rows = db
         .run("SELECT value FROM meta WHERE key = 'object_name'", &[])
@@ -737,12 +740,26 @@ impl<H: Clone> RoomCore<H> {
         let more = !s.up.is_empty();
         let mut results = results.unwrap_or_default().into_iter();
         let mut failed = Vec::new();
+        let mut failed_joins = Vec::new();
         for waiter in waiters {
             let result = results.next().unwrap_or(UpResult::Failed);
             match (waiter, result) {
                 (None, _) => {}
+                (Some((conn, id)), UpResult::Failed) if id == JOINING => failed_joins.push(conn),
+                (Some((_, id)), _) if id == JOINING => {}
                 (Some((conn, _)), UpResult::Published { .. }) => due(&mut s.acks_due, conn, 1),
                 (Some(w), UpResult::Failed | UpResult::Done) => failed.push(w),
+            }
+        }
+        // A join the sequencer did not take gets no welcome: close the socket so that the
+        // client connects again, rather than leave it waiting.
+        for conn in failed_joins {
+            if let Some(handle) = self.abandon_join(&mut fx, now, &conn) {
+                fx.push(Effect::Close {
+                    to: handle,
+                    code: crate::error::close::INTERNAL,
+                    reason: "room unavailable",
+                });
             }
         }
         let e = Error::Internal("the room's sequencer did not take the publish".into());
@@ -945,6 +962,7 @@ impl<H: Clone> RoomCore<H> {
             to: to.clone(),
             identity: id.clone(),
         }];
+        let conn_for_waiter = conn.clone();
         let item = UpItem::Join {
             conn: conn.clone(),
             user: req.user.clone(),
@@ -964,7 +982,7 @@ impl<H: Clone> RoomCore<H> {
                 },
             );
         }
-        self.send_up(&mut fx, item, None);
+        self.send_up(&mut fx, item, Some((conn_for_waiter, JOINING.to_string())));
         fx
     }
 
@@ -1007,17 +1025,26 @@ impl<H: Clone> RoomCore<H> {
         }
     }
 
-    /// A socket closed before its welcome came.
-    pub(in crate::room) fn abandon_join(&mut self, fx: &mut Vec<Effect<H>>, now: i64, conn: &str) {
+    /// A socket closed before its welcome came (or its join failed): forgotten, and its
+    /// user leaves if it was their only socket. Returns its handle if it was waiting.
+    pub(in crate::room) fn abandon_join(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+    ) -> Option<H> {
         let Role::Shard(s) = &mut self.role else {
-            return;
+            return None;
         };
-        let Some(p) = s.joins.remove(conn) else {
-            return;
-        };
+        let p = s.joins.remove(conn)?;
         if self.presence.remove(&p.id) == Change::Left {
             self.announce(fx, now, PresenceOp::Leave, &p.id);
         }
+        fx.push(Effect::Attach {
+            to: p.handle.clone(),
+            identity: Identity { gone: true, ..p.id },
+        });
+        Some(p.handle)
     }
 
     /// A client HTTP publish arriving at the user's shard: admitted here (the user's
