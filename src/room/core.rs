@@ -344,7 +344,7 @@ impl<H: Clone> RoomCore<H> {
             )));
         }
         if matches!(self.role, Role::Shard(_)) {
-            return Ok(self.begin_join(now, to, conn, req));
+            return Ok(self.begin_join(to, conn, req));
         }
         // Resume is decided and replayed inside this one call: no other event can run in
         // between, so no live message can reach the socket ahead of its replay (§6).
@@ -1192,7 +1192,7 @@ impl<H: Clone> RoomCore<H> {
                 return;
             }
             Role::Sequencer(_) => {
-                self.announce_to_shards(fx, now, op, id);
+                self.announce_to_shards(fx, op, id);
                 return;
             }
         }

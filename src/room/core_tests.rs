@@ -1912,7 +1912,7 @@ fn sharded_sequencer_restart_resends_and_shards_drop_repeats() {
 #[test]
 fn sharded_presence_survives_the_sequencer_and_a_restarted_shard_reports_its_users() {
     let mut c = Cluster::new(2);
-    let a = c.connect(0, Fixture::request("a"));
+    let _a = c.connect(0, Fixture::request("a"));
     let b = c.connect(1, Fixture::request("b"));
     c.run();
     // The sequencer starts again (evicted while idle): presence comes back from storage.
@@ -1945,7 +1945,6 @@ fn sharded_presence_survives_the_sequencer_and_a_restarted_shard_reports_its_use
         .collect();
     assert!(ops.contains(&(json!("leave"), json!("a"))), "{ops:?}");
     assert!(ops.contains(&(json!("join"), json!("fresh"))), "{ops:?}");
-    let _ = a;
 }
 
 #[test]

@@ -352,7 +352,6 @@ impl<H: Clone> RoomCore<H> {
     pub(in crate::room) fn announce_to_shards(
         &mut self,
         fx: &mut Vec<Effect<H>>,
-        _now: i64,
         op: PresenceOp,
         id: &Identity,
     ) {
@@ -941,12 +940,10 @@ impl<H: Clone> RoomCore<H> {
     /// is asked for its welcome.
     pub(in crate::room) fn begin_join(
         &mut self,
-        now: i64,
         to: H,
         conn: String,
         req: &ConnectRequest,
     ) -> Vec<Effect<H>> {
-        let _ = now;
         let id = Identity {
             conn: conn.clone(),
             user: req.user.clone(),
