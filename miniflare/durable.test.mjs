@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { start, connect, userToken, signedFetch, uid, until } from "./helpers.mjs";
+import { start, connect, userToken, signedFetch, uid, until, holder } from "./helpers.mjs";
 
 const HISTORY_LIMIT = 20;
 let env;
@@ -166,7 +166,8 @@ test("hibernation: after eviction, a publish from an existing socket reaches oth
   await a.publish("pre");
   await b.next((f) => f.type === "message" && f.id === "pre");
   const idleSince = Date.now();
-  const isStart = (l) => l.event === "room.start" && l.room_key === `/${room}`;
+  // The object holding alice's socket: the room's, or in the sharded pass her shard.
+  const isStart = (l) => l.event === "room.start" && l.room_key === holder(room, "alice");
   const starts = () => env.logs.filter(isStart).length;
   // Log lines arrive in order: once bob's socket.open is in, so is the room's start.
   await env.nextLog((l) => l.event === "socket.open" && l.conn === b.welcome.conn, { what: "bob's socket.open" });

@@ -20,10 +20,43 @@ export async function makeKeys() {
   return { keys, jwks };
 }
 
-/** Starts the Worker in workerd. `bindings` override or add vars. */
 /**
- * Starts the built Worker in Miniflare. `worker` adds options of the Worker itself (e.g.
- * `wrappedBindings`), `workers` more Workers beside it (the Worker stays the entry).
+ * `ROOMCAST_SHARDED=1` runs every room as a sharded room (docs/sharding.md): the parity
+ * pass of `scripts/test` runs the suites that state v1's guarantees again this way, so
+ * the same tests hold one logical room over a sequencer and `ROOM_SHARDS` shards. A test
+ * that sets `SHARDED_ROOMS` itself wins.
+ */
+export const SHARDED = process.env.ROOMCAST_SHARDED === "1";
+export const SHARDED_BINDINGS = SHARDED ? { SHARDED_ROOMS: "*", ROOM_SHARDS: process.env.ROOMCAST_ROOM_SHARDS ?? "4" } : {};
+
+/**
+ * The shard (0..shards) holding `user`'s sockets in the room keyed `roomKey`
+ * (`tenant/room`): FNV-1a 64 over the key, a 0 byte and the user, as
+ * `room::shard::placement` computes it (its unit test pins the same values).
+ */
+export function placement(roomKey, user, shards) {
+  let h = 0xcbf29ce484222325n;
+  for (const b of [...Buffer.from(roomKey), 0, ...Buffer.from(user)]) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return Number(h % BigInt(shards));
+}
+
+/**
+ * The Durable Object key (the `room_key` of its `room.start` line) that holds `user`'s
+ * sockets in `room`: the room's own object, or in the sharded pass the user's shard.
+ */
+export function holder(room, user, tenant = "") {
+  const key = `${tenant}/${room}`;
+  if (!SHARDED) return key;
+  return `${key}#${placement(key, user, Number(SHARDED_BINDINGS.ROOM_SHARDS))}`;
+}
+
+/**
+ * Starts the built Worker in workerd (Miniflare). `bindings` override or add vars, `worker`
+ * adds options of the Worker itself (e.g. `wrappedBindings`), `workers` more Workers
+ * beside it (the Worker stays the entry).
  */
 export async function start({ bindings = {}, jwks, shared = {}, persist, worker = {}, workers = [] } = {}) {
   // Structured log lines from the Worker and rooms, for tests that observe lifecycle.
@@ -43,6 +76,7 @@ export async function start({ bindings = {}, jwks, shared = {}, persist, worker 
       JWT_SECRET,
       API_SECRET,
       ...(jwks ? { JWT_PUBLIC_KEYS: JSON.stringify(jwks) } : {}),
+      ...SHARDED_BINDINGS,
       ...bindings,
     },
     ...worker,

@@ -41,6 +41,71 @@ pub fn metrics_interval_secs(get: &dyn Fn(&str) -> Option<String>) -> Result<u64
     number(get, "METRICS_INTERVAL_SECS", DEFAULT_METRICS_INTERVAL_SECS)
 }
 
+/// Default for `ROOM_SHARDS`: shard objects per sharded room (docs/sharding.md).
+pub const DEFAULT_ROOM_SHARDS: u32 = 8;
+/// Largest `ROOM_SHARDS`: the sequencer sends every burst to every shard, so its cost per
+/// message grows with the count; 64 shards already hold 64 × 32,768 sockets.
+pub const MAX_ROOM_SHARDS: u32 = 64;
+
+/// Which rooms are served by many Durable Objects (`SHARDED_ROOMS`, `ROOM_SHARDS`):
+/// docs/sharding.md. The room objects read it too (a sequencer must know it is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sharding {
+    /// Room-name patterns, like a token's `rooms`: exact, `prefix*` or `*`.
+    pub patterns: Vec<String>,
+    /// Shard objects per sharded room, 1..=[`MAX_ROOM_SHARDS`].
+    pub shards: u32,
+}
+
+impl Default for Sharding {
+    fn default() -> Self {
+        Sharding {
+            patterns: Vec::new(),
+            shards: DEFAULT_ROOM_SHARDS,
+        }
+    }
+}
+
+impl Sharding {
+    /// Reads `SHARDED_ROOMS` (comma list of patterns; unset: no room is sharded) and
+    /// `ROOM_SHARDS`.
+    ///
+    /// # Errors
+    ///
+    /// `Misconfigured` naming the variable when `ROOM_SHARDS` is not in 1..=64 or a
+    /// pattern has a `*` anywhere but at its end.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let shards = number(get, "ROOM_SHARDS", DEFAULT_ROOM_SHARDS)?;
+        if shards > MAX_ROOM_SHARDS {
+            return Err(Error::Misconfigured(format!(
+                "ROOM_SHARDS must be 1-{MAX_ROOM_SHARDS}, got {shards}"
+            )));
+        }
+        let mut patterns = Vec::new();
+        for p in get("SHARDED_ROOMS").unwrap_or_default().split(',') {
+            let p = p.trim();
+            if p.is_empty() {
+                continue;
+            }
+            if p.trim_end_matches('*').contains('*') {
+                return Err(Error::Misconfigured(format!(
+                    "SHARDED_ROOMS patterns are a room name, a prefix ending in * or *, got {p:?}"
+                )));
+            }
+            patterns.push(p.to_string());
+        }
+        Ok(Sharding { patterns, shards })
+    }
+
+    /// How many shards serve `room`, or `None` when it is an ordinary room.
+    pub fn shards_for(&self, room: &str) -> Option<u32> {
+        self.patterns
+            .iter()
+            .any(|p| crate::auth::pattern_matches(p, room))
+            .then_some(self.shards)
+    }
+}
+
 /// Numeric limits; the room reads these too, so they are a separate, `Copy` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -255,6 +320,8 @@ pub struct Config {
     pub webhooks: Option<Webhooks>,
     /// Seconds between a room's Analytics Engine data points, when `METRICS` is bound.
     pub metrics_interval_secs: u64,
+    /// Rooms served by many objects.
+    pub sharding: Sharding,
 }
 
 impl Config {
@@ -291,6 +358,7 @@ impl Config {
             limits: Limits::from_lookup(get)?,
             webhooks: Webhooks::from_lookup(get)?,
             metrics_interval_secs: metrics_interval_secs(get)?,
+            sharding: Sharding::from_lookup(get)?,
         })
     }
 
@@ -416,6 +484,33 @@ mod tests {
             let mut pairs = base.to_vec();
             pairs.push((name, value));
             let e = get(&pairs).unwrap_err();
+            assert!(e.to_string().contains(name), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn sharded_rooms_and_shard_count_are_validated() {
+        let s = Sharding::from_lookup(&lookup(&[])).unwrap();
+        assert_eq!((s.shards_for("a"), s.shards), (None, 8));
+        let s = Sharding::from_lookup(&lookup(&[
+            ("SHARDED_ROOMS", "big, live-*"),
+            ("ROOM_SHARDS", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(s.shards_for("big"), Some(4));
+        assert_eq!(s.shards_for("live-1"), Some(4));
+        assert_eq!(s.shards_for("bigger"), None);
+        let all = Sharding::from_lookup(&lookup(&[("SHARDED_ROOMS", "*")])).unwrap();
+        assert_eq!(all.shards_for("anything"), Some(8));
+        for (name, value) in [
+            ("ROOM_SHARDS", "0"),
+            ("ROOM_SHARDS", "65"),
+            ("ROOM_SHARDS", "many"),
+            ("SHARDED_ROOMS", "a*b"),
+        ] {
+            let e =
+                Config::from_lookup(&lookup(&[("JWT_SECRET", "s"), (name, value)])).unwrap_err();
+            assert_eq!(e.code(), "misconfigured");
             assert!(e.to_string().contains(name), "{name}={value}: {e}");
         }
     }

@@ -14,8 +14,9 @@ use crate::auth::{self, Identity, Verifier};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{check_event, check_publish, check_room, null_raw, valid_tenant};
-use crate::room::commands::disconnect::DisconnectRequest;
+use crate::room::commands::disconnect::{DisconnectRequest, DisconnectResult, Target};
 use crate::room::rpc::{self, ConnectRequest, PublishRequest, PublishResult, Transport};
+use crate::room::shard::{placement, shard_key};
 use crate::runtime::{error_response, json_response, log_line, now_ms};
 use crate::transport;
 
@@ -228,6 +229,19 @@ pub fn room_key(tenant: Option<&str>, room: &str) -> String {
 fn room_stub(env: &Env, tenant: Option<&str>, room: &str) -> Result<Stub> {
     let ns = env.durable_object(ROOMS_BINDING).map_err(internal)?;
     ns.get_by_name(&room_key(tenant, room)).map_err(internal)
+}
+
+/// The object that holds `user`'s sockets in `room`: the room's own object, or for a
+/// room listed in `SHARDED_ROOMS` the user's shard (docs/sharding.md, "Placing a socket").
+fn user_stub(env: &Env, tenant: Option<&str>, room: &str, user: &str) -> Result<Stub> {
+    let (config, _) = load(env)?;
+    let key = room_key(tenant, room);
+    let name = match config.sharding.shards_for(room) {
+        Some(n) => shard_key(&key, placement(&key, user, n)),
+        None => key,
+    };
+    let ns = env.durable_object(ROOMS_BINDING).map_err(internal)?;
+    ns.get_by_name(&name).map_err(internal)
 }
 
 fn internal_request(
@@ -537,7 +551,7 @@ pub async fn forward_connect(
     let json = serde_json::to_string(session).map_err(|e| Error::Internal(e.to_string()))?;
     headers.set(rpc::SESSION_HEADER, &json).map_err(internal)?;
     let forward = internal_request(rpc::path::CONNECT, Method::Get, headers, None)?;
-    room_stub(env, tenant, &session.room)?
+    user_stub(env, tenant, &session.room, &session.user)?
         .fetch_with_request(forward)
         .await
         .map_err(internal)
@@ -676,10 +690,13 @@ pub(crate) async fn publish_to_room(
         .set("Content-Type", "application/json")
         .map_err(internal)?;
     let forward = internal_request(rpc::path::PUBLISH, Method::Post, headers, Some(json))?;
-    room_stub(env, tenant, &request.room)?
-        .fetch_with_request(forward)
-        .await
-        .map_err(internal)
+    // A client's publish goes where its sockets are (the shard resolves `conn`); the
+    // server API's goes to the room (a sharded room's sequencer).
+    let stub = match &request.client {
+        Some(client) => user_stub(env, tenant, &request.room, &client.user)?,
+        None => room_stub(env, tenant, &request.room)?,
+    };
+    stub.fetch_with_request(forward).await.map_err(internal)
 }
 
 async fn publish(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<Response> {
@@ -704,6 +721,7 @@ async fn publish(mut req: Request, url: &Url, env: &Env, room: &str) -> Result<R
         ephemeral: body.ephemeral,
         key: body.key,
         client: None,
+        from: None,
     };
     publish_to_room(env, tenant.as_deref(), &request).await
 }
@@ -755,6 +773,7 @@ async fn broadcast(mut req: Request, url: &Url, env: &Env) -> Result<Response> {
             ephemeral: false,
             key: None,
             client: None,
+            from: None,
         };
         async move {
             check_room(&request.room)?;
@@ -872,11 +891,54 @@ async fn disconnect(mut req: Request, url: &Url, env: &Env, room: &str) -> Resul
     headers
         .set("Content-Type", "application/json")
         .map_err(internal)?;
-    let forward = internal_request(rpc::path::DISCONNECT, Method::Post, headers, Some(json))?;
-    room_stub(env, tenant.as_deref(), room)?
-        .fetch_with_request(forward)
-        .await
-        .map_err(internal)
+    let tenant = tenant.as_deref();
+    let shards = match (&request.target, config.sharding.shards_for(room)) {
+        (_, None) => None,
+        (Target::User(user), Some(_)) => {
+            let forward =
+                internal_request(rpc::path::DISCONNECT, Method::Post, headers, Some(json))?;
+            return user_stub(env, tenant, room, user)?
+                .fetch_with_request(forward)
+                .await
+                .map_err(internal);
+        }
+        (Target::Conn(_), Some(n)) => Some(n),
+    };
+    let Some(n) = shards else {
+        let forward = internal_request(rpc::path::DISCONNECT, Method::Post, headers, Some(json))?;
+        return room_stub(env, tenant, room)?
+            .fetch_with_request(forward)
+            .await
+            .map_err(internal);
+    };
+    // A connection id does not say which shard holds it: ask them all.
+    let key = room_key(tenant, room);
+    let ns = env.durable_object(ROOMS_BINDING).map_err(internal)?;
+    let calls = (0..n).map(|i| {
+        let (ns, json, name) = (&ns, json.clone(), shard_key(&key, i));
+        async move {
+            let headers = Headers::new();
+            headers
+                .set("Content-Type", "application/json")
+                .map_err(internal)?;
+            let forward =
+                internal_request(rpc::path::DISCONNECT, Method::Post, headers, Some(json))?;
+            let mut resp = ns
+                .get_by_name(&name)
+                .map_err(internal)?
+                .fetch_with_request(forward)
+                .await
+                .map_err(internal)?;
+            let text = resp.text().await.map_err(internal)?;
+            serde_json::from_str::<DisconnectResult>(&text)
+                .map_err(|e| Error::Internal(format!("shard {i} disconnect: {e}")))
+        }
+    });
+    let mut closed = 0;
+    for answer in join_all(calls).await {
+        closed += answer?.closed;
+    }
+    json_response(200, &DisconnectResult { closed })
 }
 
 /// `GET /v1/rooms/{room}/webhooks` and `POST /v1/rooms/{room}/webhooks/retry`.

@@ -31,6 +31,8 @@ use super::rpc::{
     RoomInfo, StorageStats, Transport, UserEntry,
 };
 use super::schedule::{Reason, Schedule};
+use super::shard::UpItem;
+use super::sharded::Role;
 use super::webhooks::{self, Delivery, Outcome, Status};
 use crate::auth::LEEWAY_SECS;
 use crate::config::{Limits, Webhooks};
@@ -85,6 +87,9 @@ pub enum Effect<H> {
     },
     /// POST this batch of webhooks, then report with [`RoomCore::delivered`].
     Deliver(Delivery),
+    /// Send what is ready for the room's other objects (a sharded room's sequencer or
+    /// shards; docs/sharding.md).
+    Pump,
     /// Write a structured log line.
     Log {
         /// The line's `event`.
@@ -130,14 +135,14 @@ pub struct RoomCore<H> {
     index: HashMap<String, usize>,
     pub(in crate::room) presence: Presence,
     pub(in crate::room) outbox: Outbox,
-    schedule: Schedule,
+    pub(in crate::room) schedule: Schedule,
     /// When the pending flush runs (ms), if one is pending.
     flush_due: Option<i64>,
     /// The room's name and tenant, for webhook bodies.
     room: String,
     tenant: Option<String>,
     /// The webhook outbox, when webhooks are configured.
-    hooks: Option<webhooks::Outbox>,
+    pub(in crate::room) hooks: Option<webhooks::Outbox>,
     /// Webhook events produced by the current call, written by [`RoomCore::commit`] in
     /// the same synchronous step (so the same atomic write) as what produced them.
     hook_queue: Vec<String>,
@@ -148,6 +153,9 @@ pub struct RoomCore<H> {
     /// after ~10 s without events, by when every bucket has refilled, so losing them
     /// loses nothing a client could not have had anyway.
     http_buckets: HashMap<String, Bucket>,
+    /// The object's part in a sharded room (docs/sharding.md); `Plain` for every room
+    /// not listed in `SHARDED_ROOMS`, whose paths below then run exactly as before.
+    pub(in crate::room) role: Role<H>,
 }
 
 /// Client HTTP publishers whose buckets are kept before full ones are forgotten (a full
@@ -196,6 +204,7 @@ impl<H: Clone> RoomCore<H> {
                 ..Counters::default()
             },
             http_buckets: HashMap::new(),
+            role: Role::Plain,
         };
         for (handle, id) in sockets {
             if !id.gone && !core.index.contains_key(&id.conn) {
@@ -264,18 +273,24 @@ impl<H: Clone> RoomCore<H> {
         self.index.get(conn).map(|&i| &mut self.peers[i])
     }
 
-    fn retention(&self) -> Retention {
+    pub(in crate::room) fn retention(&self) -> Retention {
         Retention {
             history_limit: self.limits.history_limit,
             dedup_window_ms: (self.limits.dedup_window_secs as i64).saturating_mul(1000),
         }
     }
 
-    fn insert(&mut self, handle: H, id: Identity, now: i64) -> Change {
+    pub(in crate::room) fn insert(&mut self, handle: H, id: Identity, now: i64) -> Change {
         let change = self.presence.add(&id);
         if change == Change::Joined {
             self.hook_presence("join", &id, now);
         }
+        self.insert_counted(handle, id, now);
+        change
+    }
+
+    /// Adds a peer whose socket presence has already counted (a shard's joining socket).
+    pub(in crate::room) fn insert_counted(&mut self, handle: H, id: Identity, now: i64) {
         if self.peers.is_empty() {
             self.hook_room("occupied", now);
         }
@@ -287,7 +302,6 @@ impl<H: Clone> RoomCore<H> {
             conn: ConnState::new(&self.limits, now),
             flow: Default::default(),
         });
-        change
     }
 
     /// Forgets a peer and announces `leave` when it was its user's last socket.
@@ -332,6 +346,9 @@ impl<H: Clone> RoomCore<H> {
                 req.user, self.limits.max_connections_per_user
             )));
         }
+        if matches!(self.role, Role::Shard(_)) {
+            return Ok(self.begin_join(to, conn, req));
+        }
         // Resume is decided and replayed inside this one call: no other event can run in
         // between, so no live message can reach the socket ahead of its replay (§6).
         let requested = req.since.is_some() || req.epoch.is_some();
@@ -367,29 +384,51 @@ impl<H: Clone> RoomCore<H> {
         if self.insert(to.clone(), id.clone(), now) == Change::Joined {
             self.announce(&mut fx, now, PresenceOp::Join, &id);
         }
-        self.counters.connects += 1;
-        self.counters.peak_connections = self.counters.peak_connections.max(self.peers.len());
-        let infos: Vec<(&String, Box<RawValue>)> = self
+        let infos: Vec<(String, Box<RawValue>)> = self
             .presence
             .users()
             .iter()
             .take(MAX_PRESENCE_USERS)
-            .map(|(user, m)| (user, info_raw(m.info.as_deref())))
+            .map(|(user, m)| (user.clone(), info_raw(m.info.as_deref())))
             .collect();
-        let welcome = ServerFrame::Welcome {
-            room: &req.room,
-            conn: &conn,
-            user: &req.user,
-            epoch: &self.head.epoch,
+        let greeting = Greeting {
+            epoch: self.head.epoch.clone(),
             seq: self.head.last_seq,
             resume: Resume {
                 requested,
                 recovered: requested && recovered,
                 replayed: frames.len() as u64,
             },
+            count: self.presence.users().len(),
+            users: infos,
+        };
+        self.greet(&mut fx, now, &conn, req, &greeting, frames);
+        Ok(fx)
+    }
+
+    /// Sends a new socket its `welcome` and replay, and counts and logs the connect.
+    pub(in crate::room) fn greet(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+        req: &ConnectRequest,
+        g: &Greeting,
+        frames: Vec<String>,
+    ) {
+        self.counters.connects += 1;
+        self.counters.peak_connections = self.counters.peak_connections.max(self.peers.len());
+        let welcome = ServerFrame::Welcome {
+            room: &req.room,
+            conn,
+            user: &req.user,
+            epoch: &g.epoch,
+            seq: g.seq,
+            resume: g.resume.clone(),
             presence: protocol::Presence {
-                count: self.presence.users().len(),
-                users: infos
+                count: g.count,
+                users: g
+                    .users
                     .iter()
                     .map(|(user, info)| PresenceUser { user, info })
                     .collect(),
@@ -402,9 +441,9 @@ impl<H: Clone> RoomCore<H> {
         let mut texts = vec![welcome];
         texts.extend(outbox::messages(frames.iter().map(String::as_str)));
         for text in texts {
-            self.send_now(&mut fx, now, &conn, text);
+            self.send_now(fx, now, conn, text);
         }
-        self.want_expiry(&mut fx, req.exp);
+        self.want_expiry(fx, req.exp);
         let transport = match req.transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
@@ -413,12 +452,11 @@ impl<H: Clone> RoomCore<H> {
         fx.push(log_line(
             "socket.open",
             &[
-                ("conn", conn),
+                ("conn", conn.to_string()),
                 ("user", req.user.clone()),
                 ("transport", transport.into()),
             ],
         ));
-        Ok(fx)
     }
 
     /// A text message from socket `conn`: one frame or an array of them, each handled in
@@ -426,6 +464,7 @@ impl<H: Clone> RoomCore<H> {
     pub fn message(&mut self, db: &dyn Sql, now: i64, conn: &str, text: &str) -> Vec<Effect<H>> {
         let mut fx = Vec::new();
         if self.peer(conn).is_none() {
+            self.hold_for_join(conn, text);
             return fx;
         }
         if text.len() > self.limits.max_message_bytes {
@@ -473,7 +512,9 @@ impl<H: Clone> RoomCore<H> {
     /// The runtime reports socket `conn` closed or failed: forget it.
     pub fn closed(&mut self, now: i64, conn: &str) -> Vec<Effect<H>> {
         let mut fx = Vec::new();
-        self.remove(&mut fx, now, conn);
+        if self.remove(&mut fx, now, conn).is_none() {
+            self.abandon_join(&mut fx, now, conn);
+        }
         fx
     }
 
@@ -511,6 +552,9 @@ impl<H: Clone> RoomCore<H> {
         ));
         if due.contains(&Reason::Webhook) {
             self.deliver_next(&mut fx, db, now);
+        }
+        if due.contains(&Reason::Fanout) {
+            self.fanout_alarm(&mut fx, db, now);
         }
         if let Some(at_ms) = self.schedule.rearm() {
             fx.push(Effect::SetAlarm { at_ms });
@@ -691,7 +735,7 @@ impl<H: Clone> RoomCore<H> {
         }
     }
 
-    fn want(&mut self, fx: &mut Vec<Effect<H>>, reason: Reason, at: i64) {
+    pub(in crate::room) fn want(&mut self, fx: &mut Vec<Effect<H>>, reason: Reason, at: i64) {
         if let Some(at_ms) = self.schedule.want(reason, at) {
             fx.push(Effect::SetAlarm { at_ms });
         }
@@ -708,7 +752,7 @@ impl<H: Clone> RoomCore<H> {
         self.want(fx, Reason::Expiry, at);
     }
 
-    fn hook_presence(&mut self, op: &str, id: &Identity, now: i64) {
+    pub(in crate::room) fn hook_presence(&mut self, op: &str, id: &Identity, now: i64) {
         if self.hooks.as_ref().is_some_and(|h| h.config.kinds.presence) {
             let info = id.info_raw();
             let event = webhooks::PresenceEvent {
@@ -722,7 +766,7 @@ impl<H: Clone> RoomCore<H> {
         }
     }
 
-    fn hook_room(&mut self, op: &str, now: i64) {
+    pub(in crate::room) fn hook_room(&mut self, op: &str, now: i64) {
         if self.hooks.as_ref().is_some_and(|h| h.config.kinds.room) {
             let event = webhooks::RoomEvent {
                 kind: "room",
@@ -755,18 +799,26 @@ impl<H: Clone> RoomCore<H> {
         .map_err(|e| Error::BadRequest(e.to_string()))?;
         let mut fx = Vec::new();
         let (from, except) = match &req.client {
-            None => (None, req.exclude_conn.clone()),
+            None => (req.from.clone(), req.exclude_conn.clone()),
             Some(client) => {
                 self.admit_http(now, &client.user)?;
                 self.http_publisher(client)
             }
         };
         let (from, except) = (from.as_ref(), except.as_deref());
-        let delivered = self
-            .peers
-            .iter()
-            .filter(|p| Some(p.id.conn.as_str()) != except)
-            .count();
+        let delivered = match &self.role {
+            // The shards' sockets as they last said, less the one skipped (if it is open:
+            // the sequencer cannot tell, so this is an estimate for a sharded room).
+            Role::Sequencer(s) => s
+                .fanout
+                .connections()
+                .saturating_sub(usize::from(except.is_some())),
+            _ => self
+                .peers
+                .iter()
+                .filter(|p| Some(p.id.conn.as_str()) != except)
+                .count(),
+        };
         let published = if req.ephemeral {
             let signal = Signal {
                 id: req.id.as_deref(),
@@ -799,7 +851,7 @@ impl<H: Clone> RoomCore<H> {
     }
 
     /// Charges a client HTTP publish to its user's bucket in this room.
-    fn admit_http(&mut self, now: i64, user: &str) -> Result<()> {
+    pub(in crate::room) fn admit_http(&mut self, now: i64, user: &str) -> Result<()> {
         let limits = self.limits;
         if self.http_buckets.len() >= MAX_HTTP_BUCKETS && !self.http_buckets.contains_key(user) {
             self.http_buckets.retain(|_, b| !b.is_full(&limits, now));
@@ -814,7 +866,10 @@ impl<H: Clone> RoomCore<H> {
     /// Who a client HTTP publish is from, and which connection it skips: the client's
     /// own connection when it named an open one of the same user (skipped unless
     /// `echo`), else `h_<user>` and no one.
-    fn http_publisher(&self, client: &ClientPublish) -> (Option<From>, Option<String>) {
+    pub(in crate::room) fn http_publisher(
+        &self,
+        client: &ClientPublish,
+    ) -> (Option<From>, Option<String>) {
         let own = client
             .conn
             .as_deref()
@@ -1039,14 +1094,12 @@ impl<H: Clone> RoomCore<H> {
                 self.hook_queue
                     .push(format!(r#"{{"kind":"message",{body}"#));
             }
-            self.queue(
-                fx,
-                now,
-                frame,
-                To::All {
-                    except: except.map(str::to_string),
-                },
-            );
+            let except = except.map(str::to_string);
+            if let Role::Sequencer(_) = self.role {
+                self.fan_out_to_shards(fx, now, Some(seq), frame, except, None);
+            } else {
+                self.queue(fx, now, frame, To::All { except });
+            }
         }
         Ok(outcome)
     }
@@ -1067,15 +1120,24 @@ impl<H: Clone> RoomCore<H> {
             s.event.to_string(),
             s.key.map(str::to_string),
         );
-        let to = To::All {
-            except: except.map(str::to_string),
-        };
-        self.outbox.push_ephemeral(frame, to, signal);
+        let except = except.map(str::to_string);
+        if let Role::Sequencer(_) = self.role {
+            self.fan_out_to_shards(fx, now, None, frame, except, Some(signal));
+            return;
+        }
+        self.outbox
+            .push_ephemeral(frame, To::All { except }, signal);
         self.want_flush(fx, now, 0);
     }
 
     /// Queues `frame` for `to` and makes sure a flush follows.
-    fn queue(&mut self, fx: &mut Vec<Effect<H>>, now: i64, frame: String, to: To) {
+    pub(in crate::room) fn queue(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        frame: String,
+        to: To,
+    ) {
         self.outbox.push(frame, to);
         self.want_flush(fx, now, 0);
     }
@@ -1096,7 +1158,13 @@ impl<H: Clone> RoomCore<H> {
         }
     }
 
-    fn send_now(&mut self, fx: &mut Vec<Effect<H>>, now: i64, conn: &str, text: String) {
+    pub(in crate::room) fn send_now(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        conn: &str,
+        text: String,
+    ) {
         let limits = self.limits;
         if let Some(peer) = self.peer_mut(conn) {
             peer.flow.sent(&limits, now, 1, text.len() as u64);
@@ -1107,7 +1175,7 @@ impl<H: Clone> RoomCore<H> {
         }
     }
 
-    fn want_flush(&mut self, fx: &mut Vec<Effect<H>>, now: i64, delay_ms: i64) {
+    pub(in crate::room) fn want_flush(&mut self, fx: &mut Vec<Effect<H>>, now: i64, delay_ms: i64) {
         let due = now + delay_ms;
         if self.flush_due.is_some_and(|at| at <= due) {
             return;
@@ -1120,7 +1188,36 @@ impl<H: Clone> RoomCore<H> {
     /// about (built only if anyone does). Presence may wait a little
     /// ([`presence_delay_ms`], growing with the room), so a join storm into a big room
     /// costs one send per socket per interval, not one per join.
-    fn announce(&mut self, fx: &mut Vec<Effect<H>>, now: i64, op: PresenceOp, id: &Identity) {
+    pub(in crate::room) fn announce(
+        &mut self,
+        fx: &mut Vec<Effect<H>>,
+        now: i64,
+        op: PresenceOp,
+        id: &Identity,
+    ) {
+        match self.role {
+            Role::Plain => {}
+            // A shard reports its users' joins (with the join itself) and leaves; the
+            // sequencer fans the frame out to every shard.
+            Role::Shard(_) => {
+                if op == PresenceOp::Leave {
+                    self.send_up(
+                        fx,
+                        UpItem::Leave {
+                            conn: id.conn.clone(),
+                            user: id.user.clone(),
+                            info: id.info.clone(),
+                        },
+                        None,
+                    );
+                }
+                return;
+            }
+            Role::Sequencer(_) => {
+                self.announce_to_shards(fx, op, id);
+                return;
+            }
+        }
         let watchers = self.presence.watchers();
         if watchers == 0 {
             return;
@@ -1222,25 +1319,56 @@ impl<H: Clone> RoomCore<H> {
             return;
         };
         self.counters.kicked(code);
-        for text in texts {
-            fx.push(Effect::Send {
-                to: peer.handle.clone(),
-                text,
-            });
-        }
-        fx.push(Effect::Attach {
-            to: peer.handle.clone(),
-            identity: Identity {
-                gone: true,
-                ..peer.id
-            },
-        });
-        fx.push(Effect::Close {
-            to: peer.handle,
-            code,
-            reason,
+        // A shard's socket with publishes still at the sequencer closes once they are
+        // acked, as an ordinary room's socket gets its acks before its close.
+        let Some(texts) = self.defer_close(conn, &peer.handle, &peer.id, texts, code, reason)
+        else {
+            return;
+        };
+        finish_close(fx, peer.handle, peer.id, texts, code, reason);
+    }
+}
+
+/// Sends a closing socket what it still gets, marks its attachment gone and closes it.
+pub(in crate::room) fn finish_close<H: Clone>(
+    fx: &mut Vec<Effect<H>>,
+    handle: H,
+    id: Identity,
+    texts: Vec<String>,
+    code: u16,
+    reason: &'static str,
+) {
+    for text in texts {
+        fx.push(Effect::Send {
+            to: handle.clone(),
+            text,
         });
     }
+    fx.push(Effect::Attach {
+        to: handle.clone(),
+        identity: Identity { gone: true, ..id },
+    });
+    fx.push(Effect::Close {
+        to: handle,
+        code,
+        reason,
+    });
+}
+
+/// What a new socket's `welcome` says, wherever it was decided (here, or at a sharded
+/// room's sequencer).
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    /// The log's epoch.
+    pub epoch: String,
+    /// The head.
+    pub seq: u64,
+    /// The resume outcome.
+    pub resume: Resume,
+    /// Users present.
+    pub count: usize,
+    /// The first [`MAX_PRESENCE_USERS`] of them with their `info`.
+    pub users: Vec<(String, Box<RawValue>)>,
 }
 
 /// An ephemeral message as the handlers pass it on.
@@ -1254,6 +1382,14 @@ pub struct Signal<'a> {
     pub key: Option<&'a str>,
     /// Payload.
     pub data: &'a RawValue,
+}
+
+/// A log line as an effect.
+pub(in crate::room) fn log_effect<H>(
+    event: &'static str,
+    fields: &[(&'static str, String)],
+) -> Effect<H> {
+    log_line(event, fields)
 }
 
 fn log_line<H>(event: &'static str, fields: &[(&'static str, String)]) -> Effect<H> {

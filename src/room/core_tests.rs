@@ -115,7 +115,7 @@ impl Fixture {
             match effect {
                 Effect::Send { to, text } => self.record(to, &text),
                 Effect::Close { to, code, .. } => self.closed.push((to, code)),
-                Effect::Attach { .. } | Effect::Log { .. } => {}
+                Effect::Attach { .. } | Effect::Log { .. } | Effect::Pump => {}
                 Effect::Flush { .. } => flush = true,
                 Effect::SetAlarm { at_ms } => self.alarms.push(at_ms),
                 Effect::Deliver(batch) => self.deliveries.push(batch),
@@ -191,6 +191,7 @@ impl Fixture {
             ephemeral,
             key: None,
             client: None,
+            from: None,
         };
         let (published, fx) = self
             .core
@@ -1471,6 +1472,7 @@ impl Fixture {
                 conn,
                 echo,
             }),
+            from: None,
         };
         let (published, fx) = self.core.publish(&self.db, self.now, &req)?;
         self.apply(fx);
@@ -1638,4 +1640,423 @@ fn a_poll_relay_counts_against_the_cap_but_is_not_shown_in_presence() {
             .len(),
         2
     );
+}
+
+// ---- a sharded room: a sequencer core and shard cores, batches carried by hand ----------
+
+/// A sharded room in memory: the sequencer and its shards, each its own core and SQLite,
+/// and socket handles numbered across all shards (handle `h` lives on one shard).
+struct Cluster {
+    seq: Fixture,
+    shards: Vec<Fixture>,
+    /// Handle → shard.
+    home: Vec<(u32, usize)>,
+    next: u32,
+}
+
+impl Cluster {
+    fn new(n: u32) -> Self {
+        let mut seq = Fixture::new(limits());
+        let fx = seq
+            .core
+            .become_sequencer(&seq.db, NOW, "/lobby", n)
+            .unwrap_or_else(|e| panic!("{e}"));
+        seq.apply(fx);
+        let shards = (0..n)
+            .map(|i| {
+                let mut f = Fixture::new(limits());
+                f.core
+                    .become_shard(&f.db, &format!("/lobby#{i}"), i)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                f
+            })
+            .collect();
+        Cluster {
+            seq,
+            shards,
+            home: Vec::new(),
+            next: 1,
+        }
+    }
+
+    /// Connects `user` on `shard` (the Worker's placement is tested in `shard`), and
+    /// carries batches until the welcome is there.
+    fn connect(&mut self, shard: usize, req: ConnectRequest) -> u32 {
+        let h = self.next;
+        self.next += 1;
+        let f = &mut self.shards[shard];
+        let fx = f
+            .core
+            .connect(&f.db, f.now, h, Fixture::conn(h), &req)
+            .unwrap_or_else(|e| panic!("{e}"));
+        f.apply(fx);
+        self.home.push((h, shard));
+        self.run();
+        h
+    }
+
+    fn shard_of(&self, h: u32) -> usize {
+        self.home
+            .iter()
+            .find(|(x, _)| *x == h)
+            .map_or_else(|| panic!("no socket {h}"), |(_, s)| *s)
+    }
+
+    fn publish(&mut self, h: u32, id: &str, echo: bool) {
+        let s = self.shard_of(h);
+        self.shards[s].send(
+            h,
+            json!({"type":"publish","id":id,"event":"chat","data":{},"echo":echo}),
+        );
+    }
+
+    /// One shard's batch up and the answer back; false when it had none.
+    fn up(&mut self, s: usize) -> bool {
+        let Some(up) = self.shards[s].core.take_up() else {
+            return false;
+        };
+        let (results, fx) = self.seq.core.up(&self.seq.db, self.seq.now, up);
+        self.seq.apply(fx);
+        let f = &mut self.shards[s];
+        let fx = f.core.up_answered(f.now, Some(results));
+        f.apply(fx);
+        true
+    }
+
+    /// One batch down to shard `s` and its answer back; false when it had none.
+    fn down(&mut self, s: usize) -> bool {
+        let Some(batch) = self.seq.core.take_down(s as u32) else {
+            return false;
+        };
+        self.deliver(s, batch);
+        true
+    }
+
+    fn deliver(&mut self, s: usize, batch: super::shard::Down) {
+        let f = &mut self.shards[s];
+        let answer = match f.core.deliver(&f.db, f.now, batch.clone()) {
+            Ok(super::sharded::Delivered::Done(a, fx)) => {
+                f.apply(fx);
+                Some(a)
+            }
+            Ok(super::sharded::Delivered::Gap { after, before }) => {
+                let fill = self
+                    .seq
+                    .core
+                    .fill(&self.seq.db, after, before)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let f = &mut self.shards[s];
+                let mut last = None;
+                for b in [fill, batch] {
+                    match f.core.deliver_anyway(&f.db, f.now, b) {
+                        Ok(super::sharded::Delivered::Done(a, fx)) => {
+                            f.apply(fx);
+                            last = Some(a);
+                        }
+                        other => panic!("after a fill: {other:?}"),
+                    }
+                }
+                last
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let fx = self.seq.core.shard_answered(&self.seq.db, s as u32, answer);
+        self.seq.apply(fx);
+    }
+
+    /// Carries batches both ways until nothing moves.
+    fn run(&mut self) {
+        loop {
+            let mut moved = false;
+            for s in 0..self.shards.len() {
+                moved |= self.up(s);
+                moved |= self.down(s);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn inbox(&self, h: u32) -> Vec<Value> {
+        let s = self.shard_of(h);
+        self.shards[s]
+            .inbox
+            .iter()
+            .filter(|(to, _)| *to == h)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    fn seqs(&self, h: u32) -> Vec<u64> {
+        self.shards[self.shard_of(h)].seqs(h)
+    }
+}
+
+#[test]
+fn sharded_sockets_on_every_shard_see_one_gapless_order_acks_behind_their_message() {
+    let mut c = Cluster::new(3);
+    let socks: Vec<u32> = (0..6)
+        .map(|i| c.connect(i % 3, Fixture::request(&format!("u{i}"))))
+        .collect();
+    // Publishes from three shards interleave before any batch moves.
+    for round in 0..4 {
+        for (k, &h) in socks.iter().take(3).enumerate() {
+            c.publish(h, &format!("m{k}-{round}"), true);
+        }
+    }
+    c.run();
+    let order: Vec<String> = c
+        .inbox(socks[5])
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for &h in &socks {
+        assert_eq!(c.seqs(h), (1..=12).collect::<Vec<u64>>(), "socket {h}");
+        let ids: Vec<String> = c
+            .inbox(h)
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(ids, order, "socket {h}: one order");
+    }
+    // Each publisher's own messages in its sending order, and each ack after its message.
+    for (k, &h) in socks.iter().take(3).enumerate() {
+        let mine: Vec<&String> = order
+            .iter()
+            .filter(|id| id.starts_with(&format!("m{k}-")))
+            .collect();
+        assert_eq!(mine.len(), 4);
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        let frames = c.inbox(h);
+        for (at, ack) in frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f["type"] == "ack")
+        {
+            let msg = frames
+                .iter()
+                .position(|f| f["type"] == "message" && f["seq"] == ack["seq"]);
+            assert!(msg.is_some_and(|m| m < at), "ack {ack} after its message");
+        }
+    }
+    assert_eq!(c.seq.core.fanout_seq(), Some(12));
+}
+
+#[test]
+fn sharded_echo_false_skips_only_the_publisher_across_shards() {
+    let mut c = Cluster::new(2);
+    let a = c.connect(0, Fixture::request("a"));
+    let b = c.connect(1, Fixture::request("b"));
+    c.publish(a, "quiet", false);
+    c.run();
+    assert_eq!(c.seqs(a), Vec::<u64>::new());
+    assert_eq!(c.seqs(b), vec![1]);
+    let acks: Vec<Value> = c
+        .inbox(a)
+        .into_iter()
+        .filter(|f| f["type"] == "ack")
+        .collect();
+    assert_eq!(
+        acks,
+        vec![json!({"type":"ack","id":"quiet","seq":1,"duplicate":false})]
+    );
+    // A duplicate from the other shard: the original seq, nothing fanned out.
+    c.publish(b, "quiet", false);
+    c.run();
+    assert_eq!(c.seqs(b), vec![1]);
+    let dup = c.inbox(b).into_iter().find(|f| f["type"] == "ack");
+    assert_eq!(dup.map(|f| f["duplicate"].clone()), Some(json!(true)));
+}
+
+#[test]
+fn sharded_join_while_batches_are_queued_gets_replay_then_live_each_seq_once() {
+    let mut c = Cluster::new(2);
+    let a = c.connect(0, Fixture::request("a"));
+    let first = c.connect(1, Fixture::request("first"));
+    for i in 0..3 {
+        c.publish(a, &format!("x{i}"), false);
+    }
+    // The publishes are sequenced, but shard 1 has not received them yet.
+    assert!(c.up(0));
+    // A socket resuming from seq 1 joins shard 1 now; its welcome is queued behind 1..3.
+    let h = c.next;
+    c.next += 1;
+    let f = &mut c.shards[1];
+    let req = ConnectRequest {
+        since: Some(1),
+        epoch: Some("e_test".into()),
+        ..Fixture::request("late")
+    };
+    let fx = f
+        .core
+        .connect(&f.db, f.now, h, Fixture::conn(h), &req)
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.apply(fx);
+    c.home.push((h, 1));
+    // Frames it sends before its welcome wait for it.
+    c.publish(h, "early", false);
+    c.run();
+    let frames = c.inbox(h);
+    assert_eq!(frames[0]["type"], "welcome");
+    assert_eq!(frames[0]["seq"], 3);
+    assert_eq!(
+        frames[0]["resume"],
+        json!({"requested":true,"recovered":true,"replayed":2})
+    );
+    assert_eq!(c.seqs(h), vec![2, 3], "the replay, then nothing twice");
+    assert!(frames
+        .iter()
+        .any(|f| f["type"] == "ack" && f["id"] == "early"));
+    assert_eq!(c.seqs(first), vec![1, 2, 3, 4]);
+    let presence = c.shards[0].frames(a, "presence");
+    assert_eq!(
+        presence
+            .iter()
+            .map(|p| p["user"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("first"), json!("late")]
+    );
+}
+
+#[test]
+fn sharded_sequencer_restart_resends_and_shards_drop_repeats() {
+    let mut c = Cluster::new(2);
+    let a = c.connect(0, Fixture::request("a"));
+    let b = c.connect(1, Fixture::request("b"));
+    for i in 0..3 {
+        c.publish(a, &format!("y{i}"), false);
+    }
+    c.run();
+    c.publish(a, "y3", false);
+    assert!(c.up(0));
+    // The sequencer stops with seq 4 stored but not fanned out: a new core over the same
+    // storage queues everything after the stored fanout_seq again, ahead of anything new.
+    let db = std::mem::replace(&mut c.seq.db, lite());
+    c.seq = Fixture::on(db, limits());
+    let fx = c
+        .seq
+        .core
+        .become_sequencer(&c.seq.db, NOW, "/lobby", 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.seq.apply(fx);
+    c.run();
+    assert_eq!(
+        c.seqs(b),
+        vec![1, 2, 3, 4],
+        "4 resent, 1..3 dropped as repeats"
+    );
+    assert_eq!(c.seq.core.fanout_seq(), Some(4));
+    // A batch that vanished on its way (the shard never got 5..6) makes the next one a
+    // gap at the shard, which fills it from the sequencer's history first.
+    c.publish(a, "y4", false);
+    c.publish(a, "y5", false);
+    assert!(c.up(0));
+    assert!(c.down(0));
+    let lost = c.seq.core.take_down(1).map(|d| (d.from_seq, d.to_seq));
+    assert_eq!(lost, Some((5, 6)));
+    let fx = c.seq.core.shard_answered(
+        &c.seq.db,
+        1,
+        Some(super::shard::DownAnswer {
+            delivered_seq: 4,
+            connections: 1,
+        }),
+    );
+    c.seq.apply(fx);
+    c.publish(a, "y6", false);
+    c.run();
+    assert_eq!(c.seqs(b), vec![1, 2, 3, 4, 5, 6, 7], "5..6 filled, then 7");
+    assert_eq!(c.seq.core.fanout_seq(), Some(7));
+}
+
+#[test]
+fn sharded_presence_survives_the_sequencer_and_a_restarted_shard_reports_its_users() {
+    let mut c = Cluster::new(2);
+    let _a = c.connect(0, Fixture::request("a"));
+    let b = c.connect(1, Fixture::request("b"));
+    c.run();
+    // The sequencer starts again (evicted while idle): presence comes back from storage.
+    let db = std::mem::replace(&mut c.seq.db, lite());
+    c.seq = Fixture::on(db, limits());
+    let fx = c
+        .seq
+        .core
+        .become_sequencer(&c.seq.db, NOW, "/lobby", 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.seq.apply(fx);
+    let late = c.connect(1, Fixture::request("late"));
+    let w = &c.inbox(late)[0];
+    assert_eq!(w["presence"]["count"], 3, "{w}");
+    // Shard 0 restarts without its sockets (a deploy): its first batch lists its users,
+    // and the sequencer announces that `a` left.
+    let db = std::mem::replace(&mut c.shards[0].db, lite());
+    c.shards[0] = Fixture::on(db, limits());
+    let f = &mut c.shards[0];
+    f.core
+        .become_shard(&f.db, "/lobby#0", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.next = 100;
+    c.next = 100;
+    let _fresh = c.connect(0, Fixture::request("fresh"));
+    let ops: Vec<(Value, Value)> = c.shards[1]
+        .frames(b, "presence")
+        .iter()
+        .map(|p| (p["op"].clone(), p["user"].clone()))
+        .collect();
+    assert!(ops.contains(&(json!("leave"), json!("a"))), "{ops:?}");
+    assert!(ops.contains(&(json!("join"), json!("fresh"))), "{ops:?}");
+}
+
+#[test]
+fn sharded_a_room_that_becomes_sharded_keeps_its_log_and_starts_its_shards_at_the_head() {
+    let mut plain = Fixture::new(limits());
+    let a = plain.connect("a");
+    for i in 0..3 {
+        plain.publish(a, &format!("old{i}"));
+    }
+    // The next deploy lists the room in SHARDED_ROOMS: the same object is its sequencer.
+    let mut c = Cluster::new(2);
+    let db = std::mem::replace(&mut plain.db, lite());
+    c.seq = Fixture::on(db, limits());
+    let fx = c
+        .seq
+        .core
+        .become_sequencer(&c.seq.db, NOW, "/lobby", 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Pump)),
+        "nothing to resend"
+    );
+    c.seq.apply(fx);
+    let b = c.connect(1, Fixture::request("b"));
+    let w = &c.inbox(b)[0];
+    assert_eq!(
+        (w["seq"].clone(), w["epoch"].clone()),
+        (json!(3), json!("e_test"))
+    );
+    let d = c.connect(0, Fixture::request("d"));
+    c.publish(d, "new", false);
+    c.run();
+    assert_eq!(c.seqs(b), vec![4], "no old message, then the new one");
+}
+
+#[test]
+fn sharded_a_join_the_sequencer_did_not_take_closes_the_socket() {
+    let mut c = Cluster::new(1);
+    let f = &mut c.shards[0];
+    let fx = f
+        .core
+        .connect(&f.db, f.now, 9, Fixture::conn(9), &Fixture::request("x"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.apply(fx);
+    assert!(f.core.take_up().is_some());
+    let fx = f.core.up_answered(f.now, None);
+    f.apply(fx);
+    assert_eq!(f.closed, vec![(9, crate::error::close::INTERNAL)]);
+    // Its user is no longer counted: a new socket of the same user joins afresh.
+    let h = c.connect(0, Fixture::request("x"));
+    assert_eq!(c.inbox(h)[0]["presence"]["count"], 1);
 }

@@ -1,5 +1,6 @@
 //! The Room Durable Object: one per `(tenant, room)`, SQLite-backed, holding its sockets
-//! with the WebSocket Hibernation API.
+//! with the WebSocket Hibernation API — or, for a room in `SHARDED_ROOMS`, one sequencer
+//! and `ROOM_SHARDS` shards of the same class, each knowing its part by its name.
 //!
 //! This file is glue only: it turns runtime events into calls on [`core::RoomCore`] (the
 //! room's rules, plain Rust with native tests) and applies the effects it returns through
@@ -15,6 +16,9 @@
 //! * [`sockets`] and [`sql`]: the runtime side (sends, timers, attachments, storage).
 //! * [`webhooks`]: the outbox of events for the backend; [`metrics`]: Analytics Engine.
 //! * [`rpc`]: the Worker ↔ room requests; `http`: the object's answers to them.
+//! * Sharded rooms (docs/sharding.md): [`shard`] (placement, the wire between the objects,
+//!   delivery order), [`sequencer`] (per-shard queues), [`sharded`] (both parts as core
+//!   events and effects), `fanout` (carrying the batches over `fetch`).
 
 pub mod codec;
 pub mod commands;
@@ -22,6 +26,7 @@ pub mod core;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod core_tests;
 pub mod counters;
+mod fanout;
 mod http;
 pub mod limits;
 pub mod log;
@@ -31,6 +36,9 @@ pub mod peer;
 pub mod presence;
 pub mod rpc;
 pub mod schedule;
+pub mod sequencer;
+pub mod shard;
+pub mod sharded;
 pub mod sockets;
 pub mod sql;
 pub mod webhooks;
@@ -65,8 +73,23 @@ pub struct Room {
         RefCell<Option<metrics::Metrics>>,
     )>,
     metrics_interval_secs: u64,
-    /// The object's name, `tenant/room` ([`log::object_name`]).
+    /// The object's part in a sharded room, decided by its name and `SHARDED_ROOMS`.
+    part: Part,
+    /// The other objects of a sharded room; `None` for an ordinary room.
+    link: Option<fanout::Link>,
+    /// The object's name (`tenant/room`, or `tenant/room#i` for a shard; [`log::object_name`]).
     name: String,
+}
+
+/// What the object is, from its name: `tenant/room#i` is shard `i` of a sharded room;
+/// `tenant/room` is that room's sequencer when `SHARDED_ROOMS` lists the room, otherwise
+/// an ordinary room. One class serves all three, so no migration or second binding is
+/// needed, and a room's mode follows the configuration of the deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Plain,
+    Shard(u32),
+    Sequencer(u32),
 }
 
 impl DurableObject for Room {
@@ -75,15 +98,13 @@ impl DurableObject for Room {
         // The Worker rejects requests when the configuration is malformed, so a room only
         // ever sees valid values; falling back here just avoids a panic path.
         let limits = Limits::from_lookup(&get).unwrap_or_default();
-        let hooks = Webhooks::from_lookup(&get).ok().flatten();
         let metrics_interval_secs = crate::config::metrics_interval_secs(&get)
             .unwrap_or(crate::config::DEFAULT_METRICS_INTERVAL_SECS);
         let metrics = env
             .analytics_engine("METRICS")
             .ok()
             .map(|dataset| (dataset, RefCell::new(None)));
-        // One line per construction: a room starting again after its sockets were idle is
-        // how eviction shows in `wrangler tail` (and how the tests observe it).
+        let sharding = crate::config::Sharding::from_lookup(&get).unwrap_or_default();
         let name = {
             let stats = sql::Stats::default();
             let db = sql::DoSql {
@@ -92,6 +113,30 @@ impl DurableObject for Room {
             };
             log::object_name(&db, state.id().name()).unwrap_or_default()
         };
+        let (room_key, index) = shard::parse_key(&name);
+        let room = room_key.split_once('/').map_or(room_key, |(_, r)| r);
+        let part = match (index, sharding.shards_for(room)) {
+            (Some(i), _) => Part::Shard(i),
+            (None, Some(n)) => Part::Sequencer(n),
+            (None, None) => Part::Plain,
+        };
+        // Webhooks are the sequencer's (it sees every message and presence change once).
+        let hooks = match part {
+            Part::Shard(_) => None,
+            _ => Webhooks::from_lookup(&get).ok().flatten(),
+        };
+        let link = match part {
+            Part::Plain => None,
+            _ => env
+                .durable_object(crate::router::ROOMS_BINDING)
+                .ok()
+                .map(|ns| fanout::Link {
+                    ns,
+                    room_key: room_key.to_string(),
+                }),
+        };
+        // One line per construction: a room starting again after its sockets were idle is
+        // how eviction shows in `wrangler tail` (and how the tests observe it).
         log_line("room.start", &[("room_key", &name)]);
         // Answer heartbeats in the runtime without waking the room (contract §5).
         if let Ok(pair) = worker::WebSocketRequestResponsePair::new("ping", "pong") {
@@ -109,6 +154,8 @@ impl DurableObject for Room {
             shared,
             metrics,
             metrics_interval_secs,
+            part,
+            link,
             name,
         }
     }
@@ -196,7 +243,13 @@ impl Room {
         let (db, now) = (self.shared.db(), now_ms());
         let mut core = RoomCore::load(&db, self.limits, now, &|| random_id("e_"), sockets, alarm)?;
         log::remember_name(&db, &self.name)?;
-        let fx = core.start(&db, now, &self.name, self.hooks.clone())?;
+        let (room_key, _) = shard::parse_key(&self.name);
+        let mut fx = core.start(&db, now, room_key, self.hooks.clone())?;
+        match self.part {
+            Part::Plain => {}
+            Part::Shard(i) => core.become_shard(&db, &self.name, i)?,
+            Part::Sequencer(n) => fx.extend(core.become_sequencer(&db, now, &self.name, n)?),
+        }
         *self.shared.core.borrow_mut() = Some(core);
         if let Some((_, state)) = &self.metrics {
             *state.borrow_mut() = Some(metrics::Metrics::new(self.metrics_interval_secs, now));
@@ -255,6 +308,11 @@ impl Room {
     async fn settle(&self, fx: Vec<Effect<WebSocket>>) {
         let mut pending = sockets::apply(&self.shared, fx);
         loop {
+            if std::mem::take(&mut pending.pump) {
+                if let Some(link) = &self.link {
+                    fanout::pump(&self.shared, link);
+                }
+            }
             if let Some(at) = pending.alarm.take() {
                 // `set_alarm` takes an i64 as an offset from now, not as a timestamp.
                 let offset = (at - now_ms()).max(0);
@@ -274,6 +332,7 @@ impl Room {
                 .with_core(|core, db, now| core.delivered(db, now, batch.upto, &outcome, jitter));
             let next = sockets::apply(&self.shared, fx);
             pending.alarm = next.alarm;
+            pending.pump = next.pump;
             pending.deliveries.extend(next.deliveries);
         }
     }

@@ -26,6 +26,12 @@ pub mod path {
     pub const WEBHOOKS: &str = "/webhooks";
     /// Queue dead webhooks again.
     pub const WEBHOOKS_RETRY: &str = "/webhooks/retry";
+    /// Sharded rooms, shard → sequencer: a batch of what the shard's sockets did.
+    pub const SHARD_UP: &str = "/shard/up";
+    /// Sharded rooms, sequencer → shard: a batch of the room's traffic.
+    pub const SHARD_DELIVER: &str = "/shard/deliver";
+    /// Sharded rooms, shard → sequencer: stored messages to fill a gap.
+    pub const SHARD_FILL: &str = "/shard/fill";
 }
 
 /// A verified socket, as the Worker hands it to the room.
@@ -96,6 +102,11 @@ pub struct PublishRequest {
     /// Worker verified. The room rate-limits it per user and names it in `from`.
     #[serde(default)]
     pub client: Option<ClientPublish>,
+    /// Set by a sharded room's shard forwarding a client HTTP publish to the sequencer:
+    /// the publisher as the shard (which holds the user's sockets) resolved it; the
+    /// connection to skip is then `exclude_conn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<crate::protocol::From>,
 }
 
 /// The publisher of a client HTTP publish (docs/protocol.md §13).

@@ -16,14 +16,18 @@ pub enum Reason {
     Expiry,
     /// Webhooks are due (first delivery or a retry).
     Webhook,
+    /// A sharded room's sequencer checks that every shard has what it stored
+    /// (docs/sharding.md, "Restarts").
+    Fanout,
 }
 
-const REASONS: [Reason; 2] = [Reason::Expiry, Reason::Webhook];
+const REASONS: [Reason; 3] = [Reason::Expiry, Reason::Webhook, Reason::Fanout];
 
 fn slot(reason: Reason) -> usize {
     match reason {
         Reason::Expiry => 0,
         Reason::Webhook => 1,
+        Reason::Fanout => 2,
     }
 }
 
@@ -33,7 +37,7 @@ pub struct Schedule {
     /// When the stored alarm fires (ms), if one is set.
     stored: Option<i64>,
     /// When each reason wants to wake (ms).
-    wants: [Option<i64>; 2],
+    wants: [Option<i64>; 3],
 }
 
 impl Schedule {
@@ -41,7 +45,7 @@ impl Schedule {
     pub fn new(at: Option<i64>) -> Self {
         Schedule {
             stored: at,
-            wants: [None; 2],
+            wants: [None; 3],
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Pending {
     pub alarm: Option<i64>,
     /// Batches to deliver, in order.
     pub deliveries: Vec<Delivery>,
+    /// Whether a sharded room's batches are ready for its other objects.
+    pub pump: bool,
 }
 
 /// The identity attached to a socket, if any.
@@ -124,6 +126,7 @@ pub fn apply(core: &Shared, effects: Vec<Effect<WebSocket>>) -> Pending {
                 pending.alarm = Some(pending.alarm.map_or(at_ms, |a| a.min(at_ms)));
             }
             Effect::Deliver(batch) => pending.deliveries.push(batch),
+            Effect::Pump => pending.pump = true,
             Effect::Log { event, fields } => {
                 let fields: Vec<(&str, &str)> =
                     fields.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -101,6 +101,7 @@ pub async fn serve(mut req: Request, url: &Url, env: &Env, room: &str) -> Result
             conn: body.conn,
             echo: body.echo,
         }),
+        from: None,
     };
     let mut answer = publish_to_room(env, user.tenant.as_deref(), &request).await?;
     // The room's answer has the runtime's immutable headers; the Worker adds CORS, so

@@ -4,6 +4,8 @@
 use super::super::core::{Effect, RoomCore, Signal};
 use super::super::limits::Admit;
 use super::super::log::{Appended, Sql};
+use super::super::shard::UpItem;
+use super::super::sharded::Role;
 use crate::error::{close, Error};
 use crate::protocol::{error_frame, Ephemeral, From, Publish, ServerFrame};
 
@@ -70,6 +72,19 @@ impl<H: Clone> RoomCore<H> {
             return;
         };
         let except = (!p.echo).then_some(conn);
+        if let Role::Shard(_) = self.role {
+            // Sequenced at the room's sequencer; the ack follows its answer.
+            let item = UpItem::Publish {
+                id: p.id.clone(),
+                event: p.event.clone(),
+                data: p.data.clone(),
+                from,
+                except: except.map(str::to_string),
+            };
+            let waiter = (conn.to_string(), p.id.clone());
+            self.send_up(fx, item, Some(waiter));
+            return;
+        }
         match self.append(fx, db, now, &p.id, &p.event, &p.data, Some(&from), except) {
             Ok(outcome) => {
                 let ack = ServerFrame::Ack {
@@ -102,7 +117,19 @@ impl<H: Clone> RoomCore<H> {
             data: &p.data,
         };
         let except = (!p.echo).then_some(conn);
-        self.fan_out_ephemeral(fx, now, signal, Some(&from), except);
+        if let Role::Shard(_) = self.role {
+            let item = UpItem::Ephemeral {
+                id: p.id.clone(),
+                event: p.event.clone(),
+                key: p.key.clone(),
+                data: p.data.clone(),
+                from,
+                except: except.map(str::to_string),
+            };
+            self.send_up(fx, item, None);
+        } else {
+            self.fan_out_ephemeral(fx, now, signal, Some(&from), except);
+        }
         if let Some(id) = &p.id {
             let ack = ServerFrame::EphemeralAck {
                 id,
