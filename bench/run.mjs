@@ -409,6 +409,7 @@ async function main() {
         results[peer][name] = { na: true };
         continue;
       }
+      if (SHARDED_SCENARIOS.includes(name) && results[peer][name]) continue; // ran with its pair
       log(`${peer}: ${name}`);
       if (TRANSPORT_SCENARIOS.includes(name)) {
         results[peer][name] = await runTransportScenario(name, { peer, startPeer, stopPeer, loadgen, plan: PLAN, log });
@@ -416,7 +417,6 @@ async function main() {
       }
       if (SHARDED_SCENARIOS.includes(name)) {
         // The requested ones run together, in alternating rounds.
-        if (results[peer][name]) continue;
         const pair = scenarios.filter((s) => SHARDED_SCENARIOS.includes(s));
         Object.assign(results[peer], await runShardedScenarios(pair, { peer, startPeer, stopPeer, loadgen, plan: PLAN, log }));
         continue;
