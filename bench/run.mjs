@@ -19,6 +19,8 @@ import * as esbuild from "esbuild";
 import { renderTable } from "./table.mjs";
 import { renderSvg } from "./chart.mjs";
 import { TRANSPORT_SCENARIOS, transportPlan, transportApplicable, runTransportScenario } from "./transports.mjs";
+import { SHARDED_SCENARIOS, shardedPlan, shardedApplicable, runShardedScenarios, shardedDoc } from "./sharded.mjs";
+import { RATES } from "./goals.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 process.chdir(root);
@@ -35,13 +37,15 @@ const option = (name, fallback) => {
 };
 const mode = flag("--quick") ? "quick" : "full";
 const ALL_PEERS = ["rust", "js-twin", "partyserver", "node-ws", "native"];
-const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "capacity", "ephemeral", "rooms", "http", "dedup", "slow", "storm", "storm-quiet", "interleaved", ...TRANSPORT_SCENARIOS];
+const ALL_SCENARIOS = ["ramp", "ramp-quiet", "fanout", "overload", "capacity", "ephemeral", "rooms", "http", "dedup", "slow", "storm", "storm-quiet", "interleaved", ...TRANSPORT_SCENARIOS, ...SHARDED_SCENARIOS];
 /**
  * What runs without --scenarios: everything but `overload`, the fixed-rate phase that
- * `capacity` replaced (a fixed rate is an overload on one machine and not on another);
- * `--scenarios overload` still runs it.
+ * `capacity` replaced (a fixed rate is an overload on one machine and not on another),
+ * and the sharded-room pair (bench/sharded.mjs: its full size, 20,001 sockets, needs more
+ * open files than many machines allow); `--scenarios overload` or `--scenarios
+ * sharded,sharded-single` still runs them.
  */
-const DEFAULT_SCENARIOS = ALL_SCENARIOS.filter((s) => s !== "overload");
+const DEFAULT_SCENARIOS = ALL_SCENARIOS.filter((s) => s !== "overload" && !SHARDED_SCENARIOS.includes(s));
 /** The load generator subcommand behind each scenario (the same as its name unless listed). */
 const SUBCOMMAND = { overload: "fanout", "ramp-quiet": "ramp", interleaved: "fanout", "storm-quiet": "storm" };
 /**
@@ -120,6 +124,8 @@ const PLAN = {
 }[mode];
 // Issue 12 and 13 scenarios (SSE, long-poll, webhooks): bench/transports.mjs.
 Object.assign(PLAN, transportPlan(mode, PLAN));
+// Issue 15 scenarios (one room over many objects, and the same room in one): bench/sharded.mjs.
+Object.assign(PLAN, shardedPlan(mode));
 
 const LOADGEN = resolve(root, process.env.BENCH_LOADGEN ?? "target/bench/release/loadgen");
 const NATIVE_SERVER = resolve(root, process.env.BENCH_NATIVE_SERVER ?? "target/bench/release/native-server");
@@ -235,13 +241,14 @@ async function stopPeer(peer) {
 let roomPrefix = 0;
 
 function loadgen(peer, sub, subArgs, query) {
+  const prefix = `r${Date.now().toString(36)}${roomPrefix++}`;
   const cmd = pin(1, [
     LOADGEN,
     "--ws-url", peer.wsUrl,
     "--ws-path", query ? `${peer.path}?${query}` : peer.path,
     "--http-url", peer.httpUrl,
     "--server-pid", String(peer.pid),
-    "--prefix", `r${Date.now().toString(36)}${roomPrefix++}`,
+    "--prefix", prefix,
     sub,
     ...subArgs.map(String),
   ]);
@@ -260,7 +267,8 @@ function loadgen(peer, sub, subArgs, query) {
     child.on("exit", (code) => {
       clearTimeout(timer);
       try {
-        resolve(JSON.parse(out));
+        // The room names derive from the prefix (bench/sharded.mjs recomputes placement).
+        resolve({ ...JSON.parse(out), prefix });
       } catch {
         reject(new Error(`loadgen ${sub} exited ${code} without a result`));
       }
@@ -323,6 +331,7 @@ function stormSummary(r) {
 
 function applicable(name, peer) {
   if (TRANSPORT_SCENARIOS.includes(name)) return transportApplicable(name, peer);
+  if (SHARDED_SCENARIOS.includes(name)) return shardedApplicable(name, peer);
   if (name === "http") return FEATURES[peer].http;
   if (name === "dedup") return FEATURES[peer].dedup;
   if (name === "ephemeral") return FEATURES[peer].ephemeral;
@@ -400,9 +409,16 @@ async function main() {
         results[peer][name] = { na: true };
         continue;
       }
+      if (SHARDED_SCENARIOS.includes(name) && results[peer][name]) continue; // ran with its pair
       log(`${peer}: ${name}`);
       if (TRANSPORT_SCENARIOS.includes(name)) {
         results[peer][name] = await runTransportScenario(name, { peer, startPeer, stopPeer, loadgen, plan: PLAN, log });
+        continue;
+      }
+      if (SHARDED_SCENARIOS.includes(name)) {
+        // The requested ones run together, in alternating rounds.
+        const pair = scenarios.filter((s) => SHARDED_SCENARIOS.includes(s));
+        Object.assign(results[peer], await runShardedScenarios(pair, { peer, startPeer, stopPeer, loadgen, plan: PLAN, log }));
         continue;
       }
       let server;
@@ -472,6 +488,7 @@ async function main() {
   const { text, rows, ratios } = renderTable(doc);
   doc.table = rows;
   doc.ratios = ratios;
+  doc.sharded = shardedDoc(doc, RATES); // issue 15: medians of the rounds and the arithmetic
   const dir = join(root, "bench/results");
   mkdirSync(dir, { recursive: true });
   const base = join(dir, `${stamp}-${mode}`);

@@ -3,8 +3,9 @@
 // stored run.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { goalRows, goalRatios, goalLines } from "./goals.mjs";
+import { goalRows, goalRatios, goalLines, RATES } from "./goals.mjs";
 import { transportRows, transportRatios } from "./transports.mjs";
+import { shardedRows, shardedRatios } from "./sharded.mjs";
 
 export const PEER_LABELS = {
   rust: "Rust room",
@@ -274,6 +275,8 @@ export function renderTable(doc) {
 
   goalRows(doc, { row, withScen, ran, cell, fmt, ms, pct }); // 2b, 8, 12: bench/goals.mjs
 
+  shardedRows(doc, { row, withScen, ran, cell, fmt, ms, pct }, RATES); // 13: bench/sharded.mjs
+
   const ratios = computeRatios(doc);
   return { rows, ratios, text: formatText(doc, rows, ratios) };
 }
@@ -318,7 +321,7 @@ export function computeRatios(doc) {
       : null;
   };
   return {
-    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery; *_interleaved: medians of the alternating rounds (2c). idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. ephemeral_over_durable_rust: deliveries per CPU-second at 1→${bigEph}, ephemeral ÷ durable publishes (2d). slow_rss_excess_slope_*: server RSS growth per second with one reader paused minus the same with nobody paused, once the paused socket's kernel buffers are full (7), first ÷ second; <1 means the first holds less for a slow socket. A peer whose run failed its checks gives null.`,
+    definition: `deliveries per server CPU-second at fan-out 1→${big} (100 B unless noted), at the plan's offered load (fanout_*) and above one core's per-message capacity (overload_*), first ÷ second; >1 means the first is cheaper per delivery; *_interleaved: medians of the alternating rounds (2c). idle_rss_*: server RSS per idle (hibernated) socket, first ÷ second; <1 means the first uses less memory. ephemeral_over_durable_rust: deliveries per CPU-second at 1→${bigEph}, ephemeral ÷ durable publishes (2d). slow_rss_excess_slope_*: server RSS growth per second with one reader paused minus the same with nobody paused, once the paused socket's kernel buffers are full (7), first ÷ second; <1 means the first holds less for a slow socket. sharded_*_over_single (13, Rust room): server CPU per delivery (per handshake; p99 latency) of the sharded room ÷ the same room in one object, >1 means the sharded room costs more; sharded_deliveries_per_shard_core_per_sec: 1 ÷ the sharded room's CPU per delivery; sharded_s_cores_over_single_core: S × that ÷ the one object's deliveries per CPU-second (arithmetic: each shard on a core of its own). A peer whose run failed its checks gives null.`,
     fanout_rust_over_js_twin: div(f("rust"), f("js-twin")),
     fanout_rust_over_js_twin_1kib: div(f("rust", 1024), f("js-twin", 1024)),
     fanout_rust_over_js_twin_interleaved: div(interleaved("rust"), interleaved("js-twin")),
@@ -341,6 +344,7 @@ export function computeRatios(doc) {
     slow_rss_excess_slope_rust_over_js_twin: div(slowExcess("rust"), slowExcess("js-twin")),
     ...goalRatios(doc, div),
     ...transportRatios(doc, div),
+    ...shardedRatios(doc, div),
   };
 }
 
