@@ -249,6 +249,30 @@ impl<H: Clone> RoomCore<H> {
         Ok(fx)
     }
 
+    /// What a resume from `since` in `epoch` gets: whether the position was recovered,
+    /// and the records after it (none when it was not, or when either is missing).
+    ///
+    /// # Errors
+    ///
+    /// `Internal` when storage fails.
+    pub(in crate::room) fn replay(
+        &self,
+        db: &dyn Sql,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<(bool, Vec<log::Record>)> {
+        let replay = match (since, epoch) {
+            (Some(since), Some(epoch)) => {
+                log::resume(db, &self.head, since, epoch, self.limits.history_limit)?
+            }
+            _ => log::Resumed::Lost,
+        };
+        Ok(match replay {
+            log::Resumed::Recovered(records) => (true, records),
+            log::Resumed::Lost => (false, Vec::new()),
+        })
+    }
+
     /// The log's epoch and last seq.
     pub fn head(&self) -> &Head {
         &self.head
@@ -352,16 +376,7 @@ impl<H: Clone> RoomCore<H> {
         // Resume is decided and replayed inside this one call: no other event can run in
         // between, so no live message can reach the socket ahead of its replay (§6).
         let requested = req.since.is_some() || req.epoch.is_some();
-        let replay = match (req.since, req.epoch.as_deref()) {
-            (Some(since), Some(epoch)) => {
-                log::resume(db, &self.head, since, epoch, self.limits.history_limit)?
-            }
-            _ => log::Resumed::Lost,
-        };
-        let (recovered, records) = match replay {
-            log::Resumed::Recovered(records) => (true, records),
-            log::Resumed::Lost => (false, Vec::new()),
-        };
+        let (recovered, records) = self.replay(db, req.since, req.epoch.as_deref())?;
         let frames = records
             .iter()
             .map(codec::record)

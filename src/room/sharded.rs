@@ -493,16 +493,7 @@ impl<H: Clone> RoomCore<H> {
         epoch: Option<String>,
     ) -> Result<()> {
         let requested = since.is_some() || epoch.is_some();
-        let replay = match (since, epoch.as_deref()) {
-            (Some(since), Some(epoch)) => {
-                log::resume(db, &self.head, since, epoch, self.limits.history_limit)?
-            }
-            _ => log::Resumed::Lost,
-        };
-        let (recovered, records) = match replay {
-            log::Resumed::Recovered(records) => (true, records),
-            log::Resumed::Lost => (false, Vec::new()),
-        };
+        let (recovered, records) = self.replay(db, since, epoch.as_deref())?;
         let frames = records
             .iter()
             .map(|r| codec::record(r).and_then(raw))
